@@ -1,0 +1,8 @@
+// bindings.hpp: the pieces of the elbokit._core module, one file per concept.
+#pragma once
+#include <pybind11/pybind11.h>
+
+namespace elbokit_py {
+void bind_rng(pybind11::module_& m);
+void bind_vae(pybind11::module_& m);
+}  // namespace elbokit_py

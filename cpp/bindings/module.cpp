@@ -1,0 +1,18 @@
+// module.cpp: the extension elbokit._core. std::invalid_argument arrives as ValueError.
+#include <omp.h>
+
+#include "bindings.hpp"
+#include "elbokit/train.hpp"
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "elbokit's C++ engine (private: use the elbokit package)";
+  m.def("num_threads", []() { return omp_get_max_threads(); }, "OpenMP threads used by the engine.");
+  m.def("set_num_threads", [](int n) {
+    if (n <= 0) throw std::invalid_argument("n must be a positive integer, got " + std::to_string(n));
+    omp_set_num_threads(n);
+  }, py::arg("n"), "Sets the number of OpenMP threads; results do not depend on it.");
+  elbokit_py::bind_rng(m);
+  elbokit_py::bind_vae(m);
+}

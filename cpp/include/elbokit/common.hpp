@@ -1,0 +1,79 @@
+// elbokit/common.hpp: matrix types, error helpers and the deterministic parallel policy.
+//
+// Legend for shapes in comments (all elbokit headers):
+//   B batch, D data, H hidden, Z latent, L levels, T steps, S samples, P parameters.
+// Matrices are row-major with the batch along rows, as NumPy arrays are.
+#pragma once
+
+#include <Eigen/Dense>
+
+#include <cmath>
+#include <cstdint>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace elbokit {
+
+using Index = Eigen::Index;
+template <class T>
+using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <class T>
+using Vec = Eigen::Matrix<T, Eigen::Dynamic, 1>;
+template <class T>
+using MatRef = Eigen::Ref<Mat<T>>;
+template <class T>
+using CMatRef = Eigen::Ref<const Mat<T>>;
+template <class T>
+using MatMap = Eigen::Map<Mat<T>>;
+template <class T>
+using CMatMap = Eigen::Map<const Mat<T>>;
+
+// All user-facing errors are std::invalid_argument (ValueError in Python) that name the argument,
+// what was expected and what came.
+[[noreturn]] inline void fail(const std::string& msg) { throw std::invalid_argument(msg); }
+
+inline std::string shape_str(Index r, Index c) {
+  std::ostringstream s;
+  s << "(" << r << ", " << c << ")";
+  return s.str();
+}
+
+inline void check_shape(const char* name, Index rows, Index cols, Index want_rows, Index want_cols) {
+  if (rows != want_rows || cols != want_cols)
+    fail(std::string(name) + " must have shape " + shape_str(want_rows, want_cols) + ", got " +
+         shape_str(rows, cols));
+}
+
+inline void check_cols(const char* name, Index rows, Index cols, Index want_cols) {
+  if (cols != want_cols || rows <= 0)
+    fail(std::string(name) + " must have shape (n, " + std::to_string(want_cols) +
+         ") with n >= 1, got " + shape_str(rows, cols));
+}
+
+template <class T>
+void check_finite(const char* name, const T* p, Index n) {
+  for (Index i = 0; i < n; ++i)
+    if (!std::isfinite(p[i]))
+      fail(std::string(name) + " must contain only finite values, got " + std::to_string(double(p[i])) +
+           " at flat index " + std::to_string(i));
+}
+
+inline void check_positive(const char* name, double v) {
+  if (!(v > 0)) {
+    std::ostringstream s;
+    s << name << " must be positive, got " << v;
+    fail(s.str());
+  }
+}
+
+// Threading policy. Work is cut into tiles whose sizes depend only on the problem's shape, never on
+// the number of threads; each tile is computed by one thread with a fixed summation order. Results
+// are therefore bit-identical whatever OMP_NUM_THREADS is. Small problems run on one thread: the
+// cost of waking a second one exceeds the work (a 64x64x128 GEMM is ~1 MFLOP).
+constexpr double kParallelFlops = 2.0e5;
+
+inline Index ceil_div(Index a, Index b) { return (a + b - 1) / b; }
+
+}  // namespace elbokit

@@ -1,0 +1,114 @@
+// elbokit/optim.hpp: SGD with momentum, Adam, and gradient-norm clipping over one flat buffer.
+//
+// Shapes: P parameters. The gradient given to step() is that of the loss to *minimize*.
+// Semantics follow torch.optim.SGD / torch.optim.Adam (defaults betas (0.9, 0.999), eps 1e-8,
+// L2 weight decay added to the gradient) and torch.nn.utils.clip_grad_norm_.
+#pragma once
+
+#include <string>
+
+#include "elbokit/common.hpp"
+
+namespace elbokit {
+
+struct OptimConfig {
+  std::string kind = "adam";  // "adam" or "sgd"
+  double lr = 1e-3;
+  double momentum = 0.0;  // sgd
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;  // adam
+  double weight_decay = 0.0;
+};
+
+inline void validate(const OptimConfig& c) {
+  if (c.kind != "adam" && c.kind != "sgd") fail("optimizer must be one of 'adam', 'sgd', got '" + c.kind + "'");
+  if (!(c.lr > 0) || !std::isfinite(c.lr)) fail("lr must be a positive finite number, got " + std::to_string(c.lr));
+  if (!(c.momentum >= 0 && c.momentum < 1)) fail("momentum must be in [0, 1), got " + std::to_string(c.momentum));
+  if (!(c.beta1 >= 0 && c.beta1 < 1) || !(c.beta2 >= 0 && c.beta2 < 1))
+    fail("betas must be in [0, 1), got (" + std::to_string(c.beta1) + ", " + std::to_string(c.beta2) + ")");
+  if (!(c.eps > 0)) fail("eps must be positive, got " + std::to_string(c.eps));
+  if (!(c.weight_decay >= 0)) fail("weight_decay must be >= 0, got " + std::to_string(c.weight_decay));
+}
+
+// The optimizer's moments have the parameter buffer's layout: the update is one flat loop.
+template <class T>
+class Optimizer {
+ public:
+  Optimizer(const OptimConfig& c, Index P) : c_(c), m_(Vec<T>::Zero(P)), v_(c.kind == "adam" ? Vec<T>::Zero(P) : Vec<T>()) {
+    validate(c);
+  }
+
+  int64_t steps() const { return t_; }
+
+  // step: params (P) -= update(grad (P)); grad is left unchanged.
+  void step(T* params, const T* grad) {
+    const Index P = m_.size();
+    ++t_;
+    T* m = m_.data();
+    const T wd = T(c_.weight_decay);
+    if (c_.kind == "sgd") {
+      const T lr = T(c_.lr), mom = T(c_.momentum);
+      const bool first = t_ == 1;
+#pragma omp parallel for schedule(static) if (P > 65536)
+      for (Index i = 0; i < P; ++i) {
+        const T g = grad[i] + wd * params[i];
+        if (mom != T(0)) {
+          m[i] = first ? g : mom * m[i] + g;
+          params[i] -= lr * m[i];
+        } else {
+          params[i] -= lr * g;
+        }
+      }
+      return;
+    }
+    T* v = v_.data();
+    const T b1 = T(c_.beta1), b2 = T(c_.beta2), eps = T(c_.eps);
+    const double bc1 = 1.0 - std::pow(c_.beta1, double(t_)), bc2 = 1.0 - std::pow(c_.beta2, double(t_));
+    const T step_size = T(c_.lr / bc1), inv_sqrt_bc2 = T(1.0 / std::sqrt(bc2));
+#pragma omp parallel for schedule(static) if (P > 65536)
+    for (Index i = 0; i < P; ++i) {
+      const T g = grad[i] + wd * params[i];
+      m[i] = b1 * m[i] + (T(1) - b1) * g;
+      v[i] = b2 * v[i] + (T(1) - b2) * g * g;
+      params[i] -= step_size * m[i] / (std::sqrt(v[i]) * inv_sqrt_bc2 + eps);
+    }
+  }
+
+ private:
+  OptimConfig c_;
+  Vec<T> m_, v_;  // (P): momentum buffer / Adam's first and second moments
+  int64_t t_ = 0;
+};
+
+// Euclidean norm of a flat gradient (P), accumulated in double over fixed blocks in a fixed order:
+// the same bits whatever the number of threads. Non-finite entries give a non-finite norm.
+template <class T>
+double grad_norm(const T* g, Index P) {
+  constexpr Index kBlock = 4096;
+  const Index nb = ceil_div(P, kBlock);
+  std::vector<double> partial(size_t(nb), 0.0);
+#pragma omp parallel for schedule(static) if (P > 65536)
+  for (Index k = 0; k < nb; ++k) {
+    double acc = 0;
+    const Index end = std::min(P, (k + 1) * kBlock);
+    for (Index i = k * kBlock; i < end; ++i) acc += double(g[i]) * double(g[i]);
+    partial[size_t(k)] = acc;
+  }
+  double total = 0;
+  for (double p : partial) total += p;
+  return std::sqrt(total);
+}
+
+// clip_grad_norm: scales g so that its norm is at most max_norm (torch: coef = max_norm/(norm + 1e-6),
+// applied when < 1). Returns the norm before clipping.
+template <class T>
+double clip_grad_norm(T* g, Index P, double max_norm) {
+  const double norm = grad_norm(g, P);
+  if (max_norm > 0 && std::isfinite(norm)) {
+    const double coef = max_norm / (norm + 1e-6);
+    if (coef < 1.0)
+      for (Index i = 0; i < P; ++i) g[i] *= T(coef);
+  }
+  return norm;
+}
+
+}  // namespace elbokit

@@ -1,0 +1,186 @@
+// elbokit/train.hpp: the minibatch training loop shared by every model.
+//
+// Shapes: N examples, D data, B batch, P parameters.
+// A Model provides: num_params(), param_data(), data_dim(),
+//   StepResult train_step(const T* x (B,D), Index B, const FitOptions&, uint64_t step, double beta, T* grad (P))
+//     (grad accumulates ∂loss/∂θ, loss = −objective; noise from (seed, streams::kTrainNoise + step)),
+//   EvalResult evaluate(const T* x (N,D), Index N, const FitOptions&) and
+//   std::vector<Index> active_units(const T* x (N,D), Index N).
+#pragma once
+
+#include <functional>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "elbokit/optim.hpp"
+#include "elbokit/rng.hpp"
+
+namespace elbokit {
+
+struct FitOptions {
+  Index epochs = 10;
+  Index batch_size = 128;
+  OptimConfig optim;
+  double beta = 1.0;          // weight of the KL term(s)
+  Index warmup_steps = 0;     // β rises linearly from 0 to beta over this many steps
+  double free_bits = 0.0;     // λ: per-dimension (or per-level) KL floor, 0 = off
+  Index n_samples = 1;        // S: Monte-Carlo samples per example
+  std::string kl = "analytic";  // "analytic" or "mc"
+  double clip_norm = 0.0;     // 0 = no clipping
+  uint64_t seed = 0;
+  Index report_every = 0;     // steps between progress reports (0: about 50 a epoch)
+};
+
+struct StepResult {
+  double loss = 0, elbo = 0, reconstruction = 0, kl = 0;  // batch means
+  std::vector<double> kl_terms;  // batch-mean KL per latent dimension (VAE) or per level (HVAE)
+};
+
+struct EvalResult {
+  double elbo = 0, reconstruction = 0, kl = 0;
+};
+
+struct FitHistory {
+  std::vector<double> train_loss, train_elbo, train_reconstruction, train_kl, beta, grad_norm;
+  std::vector<double> val_elbo, val_reconstruction, val_kl;
+  std::vector<std::vector<double>> kl_terms;    // (epochs, K): epoch means of StepResult::kl_terms
+  std::vector<std::vector<Index>> active_units;  // (epochs, groups)
+  std::vector<double> step_loss;                 // one per step
+  Index steps = 0;
+  bool stopped_early = false;
+};
+
+struct Progress {
+  Index epoch = 0, epochs = 0, step = 0, total_steps = 0;
+  double loss = 0, val_elbo = std::numeric_limits<double>::quiet_NaN();
+  bool epoch_end = false;
+};
+
+// Return false to stop training early (the history so far is kept).
+using ProgressFn = std::function<bool(const Progress&)>;
+
+// Thrown when a loss or gradient becomes non-finite; the parameters are those before that step.
+class NonFiniteError : public std::runtime_error {
+ public:
+  NonFiniteError(const std::string& m, Index step) : std::runtime_error(m), step_(step) {}
+  Index step() const { return step_; }
+
+ private:
+  Index step_;
+};
+
+inline void validate(const FitOptions& o) {
+  if (o.epochs <= 0) fail("epochs must be a positive integer, got " + std::to_string(o.epochs));
+  if (o.batch_size <= 0) fail("batch_size must be a positive integer, got " + std::to_string(o.batch_size));
+  if (o.n_samples <= 0) fail("n_samples must be a positive integer, got " + std::to_string(o.n_samples));
+  if (o.warmup_steps < 0) fail("warmup_steps must be >= 0, got " + std::to_string(o.warmup_steps));
+  if (!(o.beta >= 0) || !std::isfinite(o.beta)) fail("beta must be a finite number >= 0, got " + std::to_string(o.beta));
+  if (!(o.free_bits >= 0) || !std::isfinite(o.free_bits))
+    fail("free_bits must be a finite number >= 0, got " + std::to_string(o.free_bits));
+  if (!(o.clip_norm >= 0)) fail("clip_norm must be >= 0, got " + std::to_string(o.clip_norm));
+  if (o.kl != "analytic" && o.kl != "mc") fail("kl must be one of 'analytic', 'mc', got '" + o.kl + "'");
+  validate(o.optim);
+}
+
+// β at global step t: KL warm-up rises linearly from 0 (MATH.md §2).
+inline double beta_at(const FitOptions& o, Index step) {
+  if (o.warmup_steps <= 0) return o.beta;
+  return o.beta * std::min(1.0, double(step) / double(o.warmup_steps));
+}
+
+// fit: epochs over x (N,D) in shuffled minibatches (the permutation of epoch e comes from
+// (seed, streams::kShuffle + e); the last minibatch may be smaller). hist is filled as training
+// goes, so it holds what was done even when a NonFiniteError or a stop request ends it early.
+template <class T, class Model>
+void fit(Model& model, const T* x, Index N, const T* xval, Index Nval, const FitOptions& o, FitHistory& hist,
+         const ProgressFn& progress) {
+  validate(o);
+  const Index D = model.data_dim(), P = model.num_params();
+  const Index B = std::min(o.batch_size, N);
+  const Index steps_per_epoch = ceil_div(N, B);
+  const Index total = steps_per_epoch * o.epochs;
+  const Index report = o.report_every > 0 ? o.report_every : std::max<Index>(1, steps_per_epoch / 50);
+  Optimizer<T> opt(o.optim, P);
+  Vec<T> grad(P);
+  Mat<T> xb(B, D);  // (B, D) minibatch buffer
+  Index step = 0;
+  for (Index e = 0; e < o.epochs; ++e) {
+    const std::vector<int64_t> perm = permutation(N, o.seed, streams::kShuffle + uint64_t(e));
+    double s_loss = 0, s_elbo = 0, s_rec = 0, s_kl = 0, s_norm = 0;
+    std::vector<double> s_terms;
+    for (Index k = 0; k < steps_per_epoch; ++k, ++step) {
+      const Index b0 = k * B, bs = std::min(B, N - b0);
+      for (Index i = 0; i < bs; ++i)
+        std::copy(x + perm[size_t(b0 + i)] * D, x + (perm[size_t(b0 + i)] + 1) * D, xb.data() + i * D);
+      const double beta = beta_at(o, step);
+      grad.setZero();
+      const StepResult r = model.train_step(xb.data(), bs, o, uint64_t(step), beta, grad.data());
+      const double norm = grad_norm(grad.data(), P);
+      if (!std::isfinite(r.loss) || !std::isfinite(norm)) {
+        hist.steps = step;
+        throw NonFiniteError("training diverged at step " + std::to_string(step) + " (epoch " + std::to_string(e) +
+                                 "): the loss is " + std::to_string(r.loss) + " and the gradient norm " +
+                                 std::to_string(norm) +
+                                 "; the parameters are kept as they were before that step (lower lr or set clip_norm)",
+                             step);
+      }
+      if (o.clip_norm > 0) clip_grad_norm(grad.data(), P, o.clip_norm);
+      opt.step(model.param_data(), grad.data());
+      hist.step_loss.push_back(r.loss);
+      const double w = double(bs) / double(N);
+      s_loss += w * r.loss;
+      s_elbo += w * r.elbo;
+      s_rec += w * r.reconstruction;
+      s_kl += w * r.kl;
+      s_norm += norm / double(steps_per_epoch);
+      s_terms.resize(r.kl_terms.size(), 0.0);
+      for (size_t j = 0; j < r.kl_terms.size(); ++j) s_terms[j] += w * r.kl_terms[j];
+      hist.steps = step + 1;
+      if (progress && ((step + 1) % report == 0) && k + 1 < steps_per_epoch) {
+        Progress p;
+        p.epoch = e;
+        p.epochs = o.epochs;
+        p.step = step + 1;
+        p.total_steps = total;
+        p.loss = r.loss;
+        if (!progress(p)) {
+          hist.stopped_early = true;
+          return;
+        }
+      }
+    }
+    hist.train_loss.push_back(s_loss);
+    hist.train_elbo.push_back(s_elbo);
+    hist.train_reconstruction.push_back(s_rec);
+    hist.train_kl.push_back(s_kl);
+    hist.beta.push_back(beta_at(o, step - 1));
+    hist.grad_norm.push_back(s_norm);
+    hist.kl_terms.push_back(s_terms);
+    if (xval) {
+      const EvalResult v = model.evaluate(xval, Nval, o);
+      hist.val_elbo.push_back(v.elbo);
+      hist.val_reconstruction.push_back(v.reconstruction);
+      hist.val_kl.push_back(v.kl);
+      hist.active_units.push_back(model.active_units(xval, Nval));
+    } else {
+      hist.active_units.push_back(model.active_units(x, N));
+    }
+    if (progress) {
+      Progress p;
+      p.epoch = e;
+      p.epochs = o.epochs;
+      p.step = step;
+      p.total_steps = total;
+      p.loss = s_loss;
+      p.epoch_end = true;
+      if (xval) p.val_elbo = hist.val_elbo.back();
+      if (!progress(p)) {
+        hist.stopped_early = true;
+        return;
+      }
+    }
+  }
+}
+
+}  // namespace elbokit

@@ -1,0 +1,112 @@
+// elbokit/vae.hpp: the variational autoencoder (MATH.md §2) and its importance-weighted bound (§3).
+//
+// Shapes: B batch, D data (x_dim), Z latent (z_dim), H hidden, S samples per example, K importance
+// samples, P parameters. Rows of sample-stacked matrices are r = s·B + b.
+//
+// Parameters (one flat buffer, names as the equivalent PyTorch module's state_dict, weights (out, in)):
+//   encoder.{i}.weight/bias (hidden layer i), encoder.mu.*, encoder.logvar.*,
+//   decoder.{i}.weight/bias (the hidden widths reversed), decoder.out.*,
+//   decoder.logvar (D) when the likelihood is Gaussian with a learned variance.
+#pragma once
+
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "elbokit/distributions.hpp"
+#include "elbokit/mlp.hpp"
+#include "elbokit/train.hpp"
+
+namespace elbokit {
+
+// The Gaussian decoder's log-variance is clamped to this range (torch.clamp semantics: the gradient
+// is zero outside it) so that no exp overflows (MATH.md §1).
+constexpr double kDecoderLogvarMin = -10.0, kDecoderLogvarMax = 10.0;
+
+enum class Likelihood { Bernoulli, Gaussian };
+enum class KLMode { Analytic, MonteCarlo };
+
+inline KLMode kl_from_string(const std::string& s) {
+  if (s == "analytic") return KLMode::Analytic;
+  if (s == "mc") return KLMode::MonteCarlo;
+  fail("kl must be one of 'analytic', 'mc', got '" + s + "'");
+}
+
+struct VAEConfig {
+  Index x_dim = 0, z_dim = 0;
+  std::vector<Index> hidden;
+  std::string activation = "relu";
+  std::string likelihood = "bernoulli";  // "bernoulli" or "gaussian"
+  bool learned_var = true;               // gaussian: learned per-dimension log-variance
+  double fixed_var = 1.0;                // gaussian with learned_var = false
+};
+
+// Per-example ELBO terms (MATH.md §2): elbo = reconstruction − kl, kl = Σ_j kl_per_dim[:, j].
+struct ElboTerms {
+  Vec<double> reconstruction, kl;  // (B)
+  Mat<double> kl_per_dim;          // (B, Z)
+};
+
+template <class T>
+class VAE {
+ public:
+  VAE(const VAEConfig& cfg, uint64_t seed);
+
+  const VAEConfig& config() const { return cfg_; }
+  const ParamLayout& layout() const { return layout_; }
+  Index num_params() const { return layout_.total; }
+  Index data_dim() const { return cfg_.x_dim; }
+  T* param_data() { return params_.data(); }
+  Vec<T>& params() { return params_; }
+
+  // encode: mu, logvar (B, Z) of q(z|x) for x (B, D).
+  void encode(CMatRef<T> x, Mat<T>& mu, Mat<T>& logvar);
+  // decode: (B, D) Bernoulli logits or Gaussian means of p(x|z) for z (B, Z); probabilities when
+  // mean = true and the likelihood is Bernoulli.
+  Mat<T> decode(CMatRef<T> z, bool mean);
+  // The decoder's (clamped) log-variance (D); Gaussian only.
+  Vec<T> decoder_logvar() const;
+
+  // elbo: per-example terms with eps (S·B, Z) given, row s·B + b. Memory is bounded by chunking.
+  ElboTerms elbo(CMatRef<T> x, CMatRef<T> eps, Index S, KLMode kl);
+
+  // objective_grad: J = mean_b reconstruction_b − β Σ_j F(mean_b kl_bj), F(k) = max(λ, k) when
+  // λ = free_bits > 0 (free bits), F(k) = k otherwise (MATH.md §2). Accumulates scale·∂J/∂θ into
+  // grad (P) and returns J; the per-example terms go to *terms when it is not null.
+  double objective_grad(CMatRef<T> x, CMatRef<T> eps, Index S, KLMode kl, double beta, double free_bits,
+                        double scale, T* grad, ElboTerms* terms);
+
+  // log_likelihood: L_K per example (MATH.md §3), importance samples z_k ~ q(z|x) from
+  // (seed, streams::kLogLikelihood) at index (b·K + k)·Z + j for global row b; log-sum-exp in double.
+  Vec<double> log_likelihood(CMatRef<T> x, Index K, uint64_t seed);
+
+  // The training-loop interface (train.hpp).
+  StepResult train_step(const T* x, Index B, const FitOptions& o, uint64_t step, double beta, T* grad);
+  EvalResult evaluate(const T* x, Index N, const FitOptions& o);
+  std::vector<Index> active_units(const T* x, Index N);
+
+ private:
+  struct Work {
+    TrunkCache<T> enc, dec;
+    Mat<T> mu, lv, sigma, z, out, dout, dz, dh, dmu, dlv, dhd;  // see forward()
+    Vec<double> logp;                                           // (S·B)
+  };
+  void forward(const T* x, Index B, const T* eps, Index S, KLMode kl, Work& w, ElboTerms& t);
+  void encode_raw(const T* x, Index B, Work& w);
+  Vec<T> clamped_logvar() const;
+
+  VAEConfig cfg_;
+  Likelihood lik_;
+  ParamLayout layout_;
+  Trunk enc_, dec_;
+  Dense mu_, lv_, out_;
+  Index dec_lv_ = -1;  // offset of decoder.logvar, −1 when absent
+  Vec<T> params_;      // (P)
+  Work work_;
+  std::mutex mutex_;   // one call at a time per model: the work buffers are shared
+};
+
+extern template class VAE<float>;
+extern template class VAE<double>;
+
+}  // namespace elbokit

@@ -1,0 +1,351 @@
+// vae.cpp: the VAE's forward pass, its hand-written backward and its importance-weighted bound.
+// Shapes as in vae.hpp: B batch, D data, Z latent, H hidden, S samples, K importance samples.
+#include "elbokit/vae.hpp"
+
+#include <algorithm>
+#include <limits>
+
+namespace elbokit {
+
+template <class T>
+VAE<T>::VAE(const VAEConfig& cfg, uint64_t seed) : cfg_(cfg) {
+  if (cfg.x_dim <= 0) fail("x_dim must be a positive integer, got " + std::to_string(cfg.x_dim));
+  if (cfg.z_dim <= 0) fail("z_dim must be a positive integer, got " + std::to_string(cfg.z_dim));
+  for (size_t i = 0; i < cfg.hidden.size(); ++i)
+    if (cfg.hidden[i] <= 0)
+      fail("hidden must hold positive layer widths, got " + std::to_string(cfg.hidden[i]) + " at position " +
+           std::to_string(i));
+  if (cfg.likelihood == "bernoulli")
+    lik_ = Likelihood::Bernoulli;
+  else if (cfg.likelihood == "gaussian")
+    lik_ = Likelihood::Gaussian;
+  else
+    fail("likelihood must be one of 'bernoulli', 'gaussian', got '" + cfg.likelihood + "'");
+  if (lik_ == Likelihood::Gaussian && !cfg.learned_var && !(cfg.fixed_var > 0 && std::isfinite(cfg.fixed_var)))
+    fail("decoder_var must be 'learned' or a positive finite variance, got " + std::to_string(cfg.fixed_var));
+  const Activation act = activation_from_string(cfg.activation);
+
+  enc_ = make_trunk(layout_, "encoder", cfg.x_dim, cfg.hidden, act);
+  mu_ = layout_.add_dense("encoder.mu", enc_.out_dim(), cfg.z_dim);
+  lv_ = layout_.add_dense("encoder.logvar", enc_.out_dim(), cfg.z_dim);
+  std::vector<Index> rev(cfg.hidden.rbegin(), cfg.hidden.rend());
+  dec_ = make_trunk(layout_, "decoder", cfg.z_dim, rev, act);
+  out_ = layout_.add_dense("decoder.out", dec_.out_dim(), cfg.x_dim);
+  if (lik_ == Likelihood::Gaussian && cfg.learned_var) dec_lv_ = layout_.add("decoder.logvar", {cfg.x_dim});
+
+  params_ = Vec<T>::Zero(layout_.total);
+  constexpr uint64_t kInitStream = 0x1217;
+  for (const Dense& d : enc_.layers) init_dense(params_.data(), d, seed, kInitStream);
+  for (const Dense& d : dec_.layers) init_dense(params_.data(), d, seed, kInitStream);
+  init_dense(params_.data(), mu_, seed, kInitStream);
+  init_dense(params_.data(), lv_, seed, kInitStream);
+  init_dense(params_.data(), out_, seed, kInitStream);
+  // decoder.logvar starts at 0 (unit variance), as a zero-initialized nn.Parameter.
+}
+
+template <class T>
+Vec<T> VAE<T>::clamped_logvar() const {
+  Vec<T> lv(cfg_.x_dim);
+  for (Index j = 0; j < cfg_.x_dim; ++j) {
+    const double raw = dec_lv_ >= 0 ? double(params_[dec_lv_ + j]) : std::log(cfg_.fixed_var);
+    lv[j] = T(std::min(kDecoderLogvarMax, std::max(kDecoderLogvarMin, raw)));
+  }
+  return lv;
+}
+
+template <class T>
+Vec<T> VAE<T>::decoder_logvar() const {
+  if (lik_ != Likelihood::Gaussian) fail("decoder_logvar: the likelihood is 'bernoulli', which has no variance");
+  return clamped_logvar();
+}
+
+// encode_raw: h = encoder trunk(x); mu, lv (B, Z) = linear heads(h).
+template <class T>
+void VAE<T>::encode_raw(const T* x, Index B, Work& w) {
+  const T* p = params_.data();
+  const T* h = enc_.forward(p, x, B, w.enc);  // (B, H_enc)
+  w.mu.resize(B, cfg_.z_dim);
+  w.lv.resize(B, cfg_.z_dim);
+  linear_forward(w.mu.data(), h, p + mu_.w, p + mu_.b, B, mu_.in, mu_.out);
+  linear_forward(w.lv.data(), h, p + lv_.w, p + lv_.b, B, lv_.in, lv_.out);
+}
+
+template <class T>
+void VAE<T>::encode(CMatRef<T> x, Mat<T>& mu, Mat<T>& logvar) {
+  check_cols("x", x.rows(), x.cols(), cfg_.x_dim);
+  std::lock_guard<std::mutex> lock(mutex_);
+  encode_raw(x.data(), x.rows(), work_);
+  mu = work_.mu;
+  logvar = work_.lv;
+}
+
+template <class T>
+Mat<T> VAE<T>::decode(CMatRef<T> z, bool mean) {
+  check_cols("z", z.rows(), z.cols(), cfg_.z_dim);
+  std::lock_guard<std::mutex> lock(mutex_);
+  const T* p = params_.data();
+  const Index B = z.rows();
+  const T* hd = dec_.forward(p, z.data(), B, work_.dec);
+  Mat<T> out(B, cfg_.x_dim);
+  linear_forward(out.data(), hd, p + out_.w, p + out_.b, B, out_.in, out_.out);
+  if (mean && lik_ == Likelihood::Bernoulli) out = out.unaryExpr([](T a) { return sigmoid(a); });
+  return out;
+}
+
+// forward: the ELBO's terms for x (B, D) and eps (S·B, Z) (MATH.md §2). Leaves in w:
+//   mu, lv, sigma (B, Z); z (S·B, Z); the decoder's activations; out (S·B, D); logp (S·B).
+template <class T>
+void VAE<T>::forward(const T* x, Index B, const T* eps, Index S, KLMode kl, Work& w, ElboTerms& t) {
+  const Index Z = cfg_.z_dim, D = cfg_.x_dim, R = S * B;
+  const T* p = params_.data();
+  // 1. encoder q(z|x) = N(mu, diag exp(lv))
+  encode_raw(x, B, w);
+  // 2. reparameterization z = mu + sigma ⊙ eps
+  w.sigma.resize(B, Z);
+  w.z.resize(R, Z);
+  reparam_forward(w.z.data(), w.sigma.data(), w.mu.data(), w.lv.data(), eps, S, B, Z);
+  // 3. decoder p(x|z): logits or means (S·B, D)
+  const T* hd = dec_.forward(p, w.z.data(), R, w.dec);
+  w.out.resize(R, D);
+  linear_forward(w.out.data(), hd, p + out_.w, p + out_.b, R, out_.in, out_.out);
+  // 4. reconstruction term log p(x|z), one per (sample, example), averaged over samples
+  w.logp.resize(R);
+  if (lik_ == Likelihood::Bernoulli) {
+    bernoulli_logpdf_forward(w.logp.data(), x, w.out.data(), R, B, D);
+  } else {
+    const Vec<T> lvx = clamped_logvar();
+    gaussian_logpdf_forward(w.logp.data(), x, w.out.data(), lvx.data(), R, B, D);
+  }
+  t.reconstruction.setZero(B);
+  for (Index s = 0; s < S; ++s)
+    for (Index b = 0; b < B; ++b) t.reconstruction[b] += w.logp[s * B + b];
+  t.reconstruction /= double(S);
+  // 5. prior-matching term KL(q(z|x) ‖ N(0, I)) per dimension: analytic or Monte Carlo
+  t.kl_per_dim.resize(B, Z);
+  if (kl == KLMode::Analytic)
+    kl_std_normal_forward(t.kl_per_dim.data(), w.mu.data(), w.lv.data(), B, Z);
+  else
+    kl_mc_forward(t.kl_per_dim.data(), w.z.data(), w.lv.data(), eps, S, B, Z);
+  t.kl = t.kl_per_dim.rowwise().sum();
+}
+
+template <class T>
+ElboTerms VAE<T>::elbo(CMatRef<T> x, CMatRef<T> eps, Index S, KLMode kl) {
+  check_cols("x", x.rows(), x.cols(), cfg_.x_dim);
+  if (S <= 0) fail("n_samples must be a positive integer, got " + std::to_string(S));
+  const Index N = x.rows(), Z = cfg_.z_dim;
+  check_shape("eps", eps.rows(), eps.cols(), S * N, Z);
+  std::lock_guard<std::mutex> lock(mutex_);
+  ElboTerms out;
+  out.reconstruction.resize(N);
+  out.kl.resize(N);
+  out.kl_per_dim.resize(N, Z);
+  // Chunks of examples keep the decoder's activations bounded (about 8192 rows).
+  const Index chunk = std::max<Index>(1, 8192 / S);
+  Mat<T> eps_c;
+  ElboTerms t;
+  for (Index b0 = 0; b0 < N; b0 += chunk) {
+    const Index bc = std::min(chunk, N - b0);
+    eps_c.resize(S * bc, Z);
+    for (Index s = 0; s < S; ++s) eps_c.middleRows(s * bc, bc) = eps.middleRows(s * N + b0, bc);
+    forward(x.data() + b0 * cfg_.x_dim, bc, eps_c.data(), S, kl, work_, t);
+    out.reconstruction.segment(b0, bc) = t.reconstruction;
+    out.kl.segment(b0, bc) = t.kl;
+    out.kl_per_dim.middleRows(b0, bc) = t.kl_per_dim;
+  }
+  return out;
+}
+
+template <class T>
+double VAE<T>::objective_grad(CMatRef<T> x, CMatRef<T> eps, Index S, KLMode kl, double beta, double free_bits,
+                              double scale, T* grad, ElboTerms* terms) {
+  check_cols("x", x.rows(), x.cols(), cfg_.x_dim);
+  if (S <= 0) fail("n_samples must be a positive integer, got " + std::to_string(S));
+  const Index B = x.rows(), Z = cfg_.z_dim, D = cfg_.x_dim, R = S * B;
+  check_shape("eps", eps.rows(), eps.cols(), R, Z);
+  std::lock_guard<std::mutex> lock(mutex_);
+  Work& w = work_;
+  const T* p = params_.data();
+  ElboTerms t;
+  forward(x.data(), B, eps.data(), S, kl, w, t);
+
+  // The objective and the coefficient of each dimension's KL (free bits cut the gradient of a
+  // dimension whose batch-mean KL is below λ).
+  const Vec<double> kbar = t.kl_per_dim.colwise().mean().transpose();  // (Z)
+  std::vector<double> coef(static_cast<size_t>(Z));
+  double J = t.reconstruction.mean();
+  for (Index j = 0; j < Z; ++j) {
+    const bool floored = free_bits > 0 && kbar[j] < free_bits;
+    J -= beta * (floored ? free_bits : kbar[j]);
+    coef[size_t(j)] = floored ? 0.0 : -beta * scale / double(B);
+  }
+
+  // 1. reconstruction: ∂J/∂logp[r] = 1/(S·B) for every row
+  const double c_rec = scale / double(R);
+  w.dout.resize(R, D);
+  if (lik_ == Likelihood::Bernoulli) {
+    bernoulli_logpdf_backward(w.dout.data(), c_rec, x.data(), w.out.data(), R, B, D);
+  } else {
+    const Vec<T> lvx = clamped_logvar();
+    T* dlvx = nullptr;
+    Vec<T> dlv_raw;
+    if (dec_lv_ >= 0) {
+      dlv_raw = Vec<T>::Zero(D);
+      dlvx = dlv_raw.data();
+    }
+    gaussian_logpdf_backward(w.dout.data(), dlvx, c_rec, x.data(), w.out.data(), lvx.data(), R, B, D);
+    if (dlvx)  // the clamp passes the gradient only inside [min, max]
+      for (Index j = 0; j < D; ++j) {
+        const double raw = double(p[dec_lv_ + j]);
+        if (raw >= kDecoderLogvarMin && raw <= kDecoderLogvarMax) grad[dec_lv_ + j] += dlv_raw[j];
+      }
+  }
+  // 2. decoder: output head, then trunk, down to dz (S·B, Z)
+  const T* hd = dec_.layers.empty() ? w.z.data() : w.dec.post.back().data();
+  w.dz.setZero(R, Z);
+  if (dec_.layers.empty()) {
+    linear_backward(w.dz.data(), grad + out_.w, grad + out_.b, w.dout.data(), hd, p + out_.w, R, out_.in, out_.out);
+  } else {
+    w.dhd.setZero(R, out_.in);
+    linear_backward(w.dhd.data(), grad + out_.w, grad + out_.b, w.dout.data(), hd, p + out_.w, R, out_.in, out_.out);
+    dec_.backward(p, grad, w.z.data(), R, w.dec, w.dhd.data(), w.dz.data());
+  }
+  // 3. through the sample to (mu, lv) (B, Z), then the KL term's own gradient
+  w.dmu.setZero(B, Z);
+  w.dlv.setZero(B, Z);
+  reparam_backward(w.dmu.data(), w.dlv.data(), w.dz.data(), eps.data(), w.sigma.data(), S, B, Z);
+  if (kl == KLMode::Analytic)
+    kl_std_normal_backward(w.dmu.data(), w.dlv.data(), coef.data(), w.mu.data(), w.lv.data(), B, Z);
+  else
+    kl_mc_backward(w.dmu.data(), w.dlv.data(), coef.data(), w.z.data(), eps.data(), w.sigma.data(), S, B, Z);
+  // 4. encoder: both heads, then the trunk (no gradient with respect to x)
+  const T* h = enc_.layers.empty() ? x.data() : w.enc.post.back().data();
+  if (enc_.layers.empty()) {
+    linear_backward<T>(nullptr, grad + mu_.w, grad + mu_.b, w.dmu.data(), h, p + mu_.w, B, mu_.in, mu_.out);
+    linear_backward<T>(nullptr, grad + lv_.w, grad + lv_.b, w.dlv.data(), h, p + lv_.w, B, lv_.in, lv_.out);
+  } else {
+    w.dh.setZero(B, mu_.in);
+    linear_backward(w.dh.data(), grad + mu_.w, grad + mu_.b, w.dmu.data(), h, p + mu_.w, B, mu_.in, mu_.out);
+    linear_backward(w.dh.data(), grad + lv_.w, grad + lv_.b, w.dlv.data(), h, p + lv_.w, B, lv_.in, lv_.out);
+    enc_.backward<T>(p, grad, x.data(), B, w.enc, w.dh.data(), nullptr);
+  }
+  if (terms) *terms = std::move(t);
+  return J;
+}
+
+template <class T>
+Vec<double> VAE<T>::log_likelihood(CMatRef<T> x, Index K, uint64_t seed) {
+  check_cols("x", x.rows(), x.cols(), cfg_.x_dim);
+  if (K <= 0) fail("k must be a positive integer, got " + std::to_string(K));
+  std::lock_guard<std::mutex> lock(mutex_);
+  const Index N = x.rows(), Z = cfg_.z_dim, D = cfg_.x_dim;
+  const T* p = params_.data();
+  constexpr Index kRows = 8192;  // decoder rows per pass: bounds memory for any K and N
+  const Index Bc = std::max<Index>(1, std::min(N, kRows / K));
+  const Index Kc = std::min(K, kRows);
+  const Vec<T> lvx = lik_ == Likelihood::Gaussian ? clamped_logvar() : Vec<T>();
+  Vec<double> out(N);
+  Work& w = work_;
+  Mat<T> mu, lv, sigma, eps, z, dec_out;
+  Mat<double> logw;  // (Bc, K) log importance weights
+  Vec<double> logp;
+  for (Index b0 = 0; b0 < N; b0 += Bc) {
+    const Index bc = std::min(Bc, N - b0);
+    encode_raw(x.data() + b0 * D, bc, w);
+    mu = w.mu;
+    lv = w.lv;
+    sigma = (lv.array() * T(0.5)).exp().matrix();
+    logw.resize(bc, K);
+    for (Index k0 = 0; k0 < K; k0 += Kc) {
+      const Index kc = std::min(Kc, K - k0), R = kc * bc;
+      // Rows r = kk·bc + bb hold sample k0 + kk of example b0 + bb.
+      eps.resize(R, Z);
+      z.resize(R, Z);
+#pragma omp parallel for schedule(static) if (R * Z > 4096)
+      for (Index r = 0; r < R; ++r) {
+        const Index kk = r / bc, bb = r % bc;
+        for (Index j = 0; j < Z; ++j) {
+          const uint64_t idx = (uint64_t(b0 + bb) * uint64_t(K) + uint64_t(k0 + kk)) * uint64_t(Z) + uint64_t(j);
+          const T e = T(normal_at(seed, streams::kLogLikelihood, idx));
+          eps(r, j) = e;
+          z(r, j) = mu(bb, j) + sigma(bb, j) * e;
+        }
+      }
+      const T* hd = dec_.forward(p, z.data(), R, w.dec);
+      dec_out.resize(R, D);
+      linear_forward(dec_out.data(), hd, p + out_.w, p + out_.b, R, out_.in, out_.out);
+      logp.resize(R);
+      if (lik_ == Likelihood::Bernoulli)
+        bernoulli_logpdf_forward(logp.data(), x.data() + b0 * D, dec_out.data(), R, bc, D);
+      else
+        gaussian_logpdf_forward(logp.data(), x.data() + b0 * D, dec_out.data(), lvx.data(), R, bc, D);
+      // log w = log p(x|z) + log p(z) − log q(z|x) = log p(x|z) + ½ Σ_j (lv + ε² − z²)
+      for (Index r = 0; r < R; ++r) {
+        const Index kk = r / bc, bb = r % bc;
+        double a = 0;
+        for (Index j = 0; j < Z; ++j) {
+          const double zz = double(z(r, j)), e = double(eps(r, j));
+          a += 0.5 * (double(lv(bb, j)) + e * e - zz * zz);
+        }
+        logw(bb, k0 + kk) = logp[r] + a;
+      }
+    }
+    // L_K = log (1/K) Σ_k w_k by log-sum-exp (MATH.md §3)
+    for (Index bb = 0; bb < bc; ++bb) {
+      const double m = logw.row(bb).maxCoeff();
+      double s = 0;
+      for (Index k = 0; k < K; ++k) s += std::exp(logw(bb, k) - m);
+      out[b0 + bb] = std::isfinite(m) ? m + std::log(s) - std::log(double(K)) : m;
+    }
+  }
+  return out;
+}
+
+template <class T>
+StepResult VAE<T>::train_step(const T* x, Index B, const FitOptions& o, uint64_t step, double beta, T* grad) {
+  const Index S = o.n_samples, Z = cfg_.z_dim;
+  Mat<T> eps(S * B, Z);  // noise of this step: (seed, kTrainNoise + step), layout (S, B, Z)
+  fill_normal(eps.data(), S * B * Z, o.seed, streams::kTrainNoise + step);
+  ElboTerms t;
+  const double J = objective_grad(CMatMap<T>(x, B, cfg_.x_dim), eps, S, kl_from_string(o.kl), beta, o.free_bits,
+                                  -1.0, grad, &t);
+  StepResult r;
+  r.loss = -J;
+  r.reconstruction = t.reconstruction.mean();
+  r.kl = t.kl.mean();
+  r.elbo = r.reconstruction - r.kl;
+  const Vec<double> kbar = t.kl_per_dim.colwise().mean().transpose();
+  r.kl_terms.assign(kbar.data(), kbar.data() + Z);
+  return r;
+}
+
+template <class T>
+EvalResult VAE<T>::evaluate(const T* x, Index N, const FitOptions& o) {
+  const Index S = o.n_samples, Z = cfg_.z_dim;
+  Mat<T> eps(S * N, Z);
+  fill_normal(eps.data(), S * N * Z, o.seed, streams::kValidation);
+  const ElboTerms t = elbo(CMatMap<T>(x, N, cfg_.x_dim), eps, S, kl_from_string(o.kl));
+  EvalResult r;
+  r.reconstruction = t.reconstruction.mean();
+  r.kl = t.kl.mean();
+  r.elbo = r.reconstruction - r.kl;
+  return r;
+}
+
+// Active units (MATH.md §2): latent dimensions whose encoder mean varies over x with variance > 0.01.
+template <class T>
+std::vector<Index> VAE<T>::active_units(const T* x, Index N) {
+  Mat<T> mu, lv;
+  encode(CMatMap<T>(x, N, cfg_.x_dim), mu, lv);
+  const Mat<double> m = mu.template cast<double>();
+  const Eigen::RowVectorXd mean = m.colwise().mean();
+  const Eigen::RowVectorXd var = (m.rowwise() - mean).array().square().colwise().mean();
+  Index active = 0;
+  for (Index j = 0; j < var.size(); ++j) active += var[j] > 0.01;
+  return {active};
+}
+
+template class VAE<float>;
+template class VAE<double>;
+
+}  // namespace elbokit

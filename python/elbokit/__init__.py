@@ -1,0 +1,29 @@
+"""elbokit: variational models bound by the evidence lower bound (ELBO), computed, trained and
+explained by a verified C++ engine.
+
+    import elbokit as ek
+    train, test = ek.datasets.digits()
+    vae = ek.VAE(x_dim=64, z_dim=8, hidden=(128, 128), likelihood="bernoulli", seed=0)
+    hist = vae.fit(train, epochs=20, validation=test)
+    vae.elbo(test, n_samples=10)            # every term, per example, with standard errors
+    vae.log_likelihood(test, k=5000)        # importance-weighted bound L_K
+"""
+from . import _core, datasets, random
+from .io import load
+from .results import ElboResult, History, mean_stderr
+from .vae import VAE
+
+__version__ = "0.1.0"
+
+
+def set_num_threads(n: int) -> None:
+    """Threads used by the engine. Results are bit-identical whatever the number."""
+    _core.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    return _core.num_threads()
+
+
+__all__ = ["VAE", "ElboResult", "History", "load", "datasets", "random", "mean_stderr",
+           "set_num_threads", "get_num_threads", "__version__"]

@@ -1,0 +1,81 @@
+"""Input checks shared by the Python layer: every rejection is a ValueError that names the
+argument, what was expected and what came."""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+__all__ = ["as_matrix", "as_array", "check_int", "check_float", "check_choice", "DTYPES"]
+
+DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+def _describe(x) -> str:
+    if isinstance(x, np.ndarray):
+        return f"an array of shape {x.shape} and dtype {x.dtype}"
+    return f"{type(x).__name__} {x!r}"[:120]
+
+
+def as_array(name: str, x, dtype, ndim: int | None = None, shape: tuple | None = None) -> np.ndarray:
+    """A C-contiguous array of `dtype`; checks rank, shape (None entries are free), emptiness and
+    finiteness."""
+    try:
+        a = np.asarray(x)
+    except Exception as e:  # ragged lists and the like
+        raise ValueError(f"{name} must be a numeric array, got {_describe(x)} ({e})") from None
+    if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+        raise ValueError(f"{name} must be a numeric array, got dtype {a.dtype}")
+    if np.iscomplexobj(a):
+        raise ValueError(f"{name} must be real, got dtype {a.dtype}")
+    if ndim is not None and a.ndim != ndim:
+        want = "(" + ", ".join("n" if s is None else str(s) for s in shape) + ")" if shape else f"{ndim}-D"
+        raise ValueError(f"{name} must be a {ndim}-D array of shape {want}, got shape {a.shape}")
+    if shape is not None:
+        for got, want in zip(a.shape, shape):
+            if want is not None and got != want:
+                wants = "(" + ", ".join("n" if s is None else str(s) for s in shape) + ")"
+                raise ValueError(f"{name} must have shape {wants}, got {a.shape}")
+    if a.size == 0:
+        raise ValueError(f"{name} must not be empty, got shape {a.shape}")
+    a = np.ascontiguousarray(a, dtype=dtype)
+    if not np.isfinite(a).all():
+        bad = np.argwhere(~np.isfinite(a))[0]
+        raise ValueError(f"{name} must contain only finite values, got {a[tuple(bad)]} at index {tuple(int(i) for i in bad)}")
+    return a
+
+
+def as_matrix(name: str, x, cols: int, dtype) -> np.ndarray:
+    """An (n, cols) C-contiguous matrix of `dtype` with n >= 1 and finite values. float64 data given
+    to a float32 model is converted in value; its shape is never changed."""
+    return as_array(name, x, dtype, ndim=2, shape=(None, cols))
+
+
+def check_int(name: str, v, minimum: int = 1) -> int:
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {_describe(v)}")
+    if v < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {v}")
+    return int(v)
+
+
+def check_float(name: str, v, minimum: float | None = None, positive: bool = False, maximum: float | None = None) -> float:
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise ValueError(f"{name} must be a real number, got {_describe(v)}")
+    v = float(v)
+    if not np.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    if positive and not v > 0:
+        raise ValueError(f"{name} must be positive, got {v}")
+    if minimum is not None and v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    if maximum is not None and v > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {v}")
+    return v
+
+
+def check_choice(name: str, v, choices) -> str:
+    if v not in choices:
+        allowed = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{name} must be one of {allowed}, got {v!r}")
+    return v

@@ -1,0 +1,72 @@
+"""Saving and loading models: one file holding a JSON header (format, class, configuration) and
+the parameters under their PyTorch names. Files are written atomically (temporary file, fsync,
+rename), so an interrupted save never leaves a half-written model behind."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+__all__ = ["save", "load", "register"]
+
+FORMAT = "elbokit-model"
+VERSION = 1
+_REGISTRY: dict = {}
+
+
+def register(cls):
+    """Class decorator: models saved under cls.__name__ load back as cls."""
+    _REGISTRY[cls.__name__] = cls
+    return cls
+
+
+def save(model, path) -> str:
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"path must be in an existing folder, got {path!r} ({folder} does not exist)")
+    header = {"format": FORMAT, "version": VERSION, "class": type(model).__name__, "config": model.config}
+    arrays = {"__elbokit__": np.array(json.dumps(header))}
+    for name, value in model.parameters().items():
+        arrays["param/" + name] = value
+    fd, tmp = tempfile.mkstemp(prefix=".elbokit-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load(path):
+    """Loads a model saved by ``model.save``. A truncated, corrupted or foreign file raises
+    ValueError saying what it is not."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no model file at {path!r}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if "__elbokit__" not in f.files:
+                raise ValueError("it has no elbokit header")
+            header = json.loads(str(f["__elbokit__"]))
+            params = {k[len("param/"):]: f[k] for k in f.files if k.startswith("param/")}
+    except (zipfile.BadZipFile, OSError, EOFError, KeyError, json.JSONDecodeError, ValueError) as e:
+        raise ValueError(f"{path!r} is not a readable elbokit model file ({type(e).__name__}: {e})") from None
+    if header.get("format") != FORMAT:
+        raise ValueError(f"{path!r} is not an elbokit model file (format {header.get('format')!r})")
+    if header.get("version") != VERSION:
+        raise ValueError(f"{path!r} has format version {header.get('version')!r}; this elbokit reads version {VERSION}")
+    cls = _REGISTRY.get(header.get("class"))
+    if cls is None:
+        raise ValueError(f"{path!r} holds an unknown model class {header.get('class')!r}; known: {sorted(_REGISTRY)}")
+    model = cls(**header["config"])
+    model.set_parameters(params)
+    return model

@@ -1,0 +1,241 @@
+"""The variational autoencoder (MATH.md §2) with its importance-weighted bound (§3).
+
+Encoder q(z|x) = N(mu(x), diag exp(logvar(x))): an MLP with two linear heads. Prior N(0, I).
+Decoder p(x|z): an MLP giving Bernoulli logits, or Gaussian means with one learned log-variance per
+dimension (clamped to [-10, 10]) or a fixed variance. "bernoulli" evaluates the Bernoulli
+log-likelihood x*l - softplus(l) also for grey levels in [0, 1]; it is not the continuous Bernoulli.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from . import _core
+from . import io as _io
+from . import random as _random
+from ._fit import fit_options, run_fit
+from ._validation import DTYPES, as_array, as_matrix, check_choice, check_float, check_int
+from .results import ElboResult, History
+
+__all__ = ["VAE", "ACTIVATIONS", "LIKELIHOODS"]
+
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "softplus", "elu", "silu", "leaky_relu")
+LIKELIHOODS = ("bernoulli", "gaussian")
+KL_METHODS = ("analytic", "mc")
+
+
+class _ParamModel:
+    """Parameters as a dict of arrays named like the equivalent PyTorch module's state_dict."""
+
+    def _init_layout(self):
+        self._layout = [(n, tuple(s), o, k) for n, s, o, k in self._core.param_layout()]
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(k for *_, k in self._layout)
+
+    def parameters(self) -> dict:
+        """name -> array (a copy), PyTorch names and shapes (weights (out, in))."""
+        flat = self._core.get_flat()
+        return {n: flat[o:o + k].reshape(s).copy() for n, s, o, k in self._layout}
+
+    def set_parameters(self, params: dict) -> None:
+        """Sets every parameter; names and shapes must match parameters() exactly."""
+        if not isinstance(params, dict):
+            raise ValueError(f"params must be a dict name -> array, got {type(params).__name__}")
+        names = [n for n, *_ in self._layout]
+        missing = [n for n in names if n not in params]
+        extra = [n for n in params if n not in names]
+        if missing or extra:
+            raise ValueError(f"params must have exactly the names {names}; missing {missing}, unexpected {extra}")
+        flat = np.empty(self.num_parameters, dtype=self._np_dtype)
+        for n, s, o, k in self._layout:
+            a = np.asarray(params[n])
+            if hasattr(params[n], "detach"):  # a torch tensor
+                a = params[n].detach().cpu().numpy()
+            a = as_array(f"params[{n!r}]", a, self._np_dtype, ndim=len(s), shape=s)
+            flat[o:o + k] = a.reshape(-1)
+        self._core.set_flat(flat)
+
+    def _grad_dict(self, flat: np.ndarray) -> dict:
+        return {n: flat[o:o + k].reshape(s).copy() for n, s, o, k in self._layout}
+
+    @property
+    def dtype(self) -> str:
+        return self.config["dtype"]
+
+    def save(self, path) -> str:
+        """Writes the model atomically to path (see elbokit.load)."""
+        return _io.save(self, path)
+
+
+@_io.register
+class VAE(_ParamModel):
+    """A VAE with a Gaussian encoder, a standard normal prior and a Bernoulli or Gaussian decoder.
+
+    Parameters
+    ----------
+    x_dim, z_dim : data and latent dimensions.
+    hidden : widths of the encoder's hidden layers; the decoder uses them reversed. () is linear.
+    likelihood : "bernoulli" (logits) or "gaussian".
+    activation : one of ACTIVATIONS.
+    dtype : "float32" (speed) or "float64" (verification).
+    seed : initial weights, as torch.nn.Linear's default initialization.
+    decoder_var : "gaussian" only: "learned" (a log-variance per dimension, parameter
+        ``decoder.logvar``, clamped to [-10, 10]) or a positive fixed variance.
+    """
+
+    def __init__(self, x_dim: int, z_dim: int, hidden=(128, 128), likelihood: str = "bernoulli",
+                 activation: str = "relu", dtype: str = "float32", seed: int = 0, decoder_var="learned"):
+        x_dim = check_int("x_dim", x_dim, 1)
+        z_dim = check_int("z_dim", z_dim, 1)
+        if isinstance(hidden, numbers.Integral):
+            hidden = (hidden,)
+        try:
+            hidden = tuple(hidden)
+        except TypeError:
+            raise ValueError(f"hidden must be a tuple of positive integers, got {hidden!r}") from None
+        hidden = tuple(check_int(f"hidden[{i}]", h, 1) for i, h in enumerate(hidden))
+        check_choice("likelihood", likelihood, LIKELIHOODS)
+        check_choice("activation", activation, ACTIVATIONS)
+        check_choice("dtype", dtype, tuple(DTYPES))
+        seed = check_int("seed", seed, 0)
+        if isinstance(decoder_var, str):
+            check_choice("decoder_var", decoder_var, ("learned",))
+            learned, fixed = True, 1.0
+        else:
+            learned, fixed = False, check_float("decoder_var", decoder_var, positive=True)
+        self.config = dict(x_dim=x_dim, z_dim=z_dim, hidden=list(hidden), likelihood=likelihood,
+                           activation=activation, dtype=dtype, seed=seed,
+                           decoder_var="learned" if learned else fixed)
+        self._np_dtype = DTYPES[dtype]
+        cls = _core.VAE_f32 if dtype == "float32" else _core.VAE_f64
+        self._core = cls(x_dim, z_dim, list(hidden), activation, likelihood, learned, fixed, seed)
+        self._init_layout()
+
+    # -- configuration --------------------------------------------------------------------------
+    x_dim = property(lambda self: self.config["x_dim"])
+    z_dim = property(lambda self: self.config["z_dim"])
+    hidden = property(lambda self: tuple(self.config["hidden"]))
+    likelihood = property(lambda self: self.config["likelihood"])
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"VAE(x_dim={c['x_dim']}, z_dim={c['z_dim']}, hidden={tuple(c['hidden'])}, "
+                f"likelihood={c['likelihood']!r}, activation={c['activation']!r}, dtype={c['dtype']!r}) "
+                f"with {self.num_parameters} parameters")
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def _x(self, x, name="x") -> np.ndarray:
+        a = as_matrix(name, x, self.x_dim, self._np_dtype)
+        if self.likelihood == "bernoulli" and (a.min() < 0 or a.max() > 1):
+            raise ValueError(f"{name} must lie in [0, 1] for a Bernoulli likelihood, got values in "
+                             f"[{a.min():.4g}, {a.max():.4g}]")
+        return a
+
+    def _eps(self, n: int, n_samples, eps, seed) -> tuple[np.ndarray, int]:
+        """Noise (S*n, Z) in the engine's layout from eps (S, n, Z) or from the seed."""
+        if eps is None:
+            S = 1 if n_samples is None else check_int("n_samples", n_samples, 1)
+            seed = check_int("seed", seed, 0)
+            e = _random.normal((S, n, self.z_dim), seed=seed)
+        else:
+            e = as_array("eps", eps, np.float64, ndim=3, shape=(None, n, self.z_dim))
+            S = e.shape[0]
+            if n_samples is not None and check_int("n_samples", n_samples, 1) != S:
+                raise ValueError(f"n_samples must equal eps.shape[0] when eps is given, got n_samples={n_samples} "
+                                 f"and eps of shape {e.shape}")
+        return np.ascontiguousarray(e.reshape(S * n, self.z_dim), dtype=self._np_dtype), S
+
+    # -- the bound ------------------------------------------------------------------------------
+    def elbo(self, x, n_samples: int | None = None, kl: str = "analytic", seed: int = 0, eps=None) -> ElboResult:
+        """Per-example ELBO, reconstruction and KL (nats) with n_samples reparameterized samples
+        per example, the noise drawn from ``seed`` or given as eps (n_samples, n, z_dim). The KL is
+        analytic or Monte Carlo at the same samples; both are unbiased, the analytic one has lower
+        variance."""
+        x = self._x(x)
+        check_choice("kl", kl, KL_METHODS)
+        e, S = self._eps(x.shape[0], n_samples, eps, seed)
+        rec, klv, kpd = self._core.elbo(x, e, S, kl)
+        return ElboResult(rec, klv, kpd, n_samples=S, kl_method=kl, x_dim=self.x_dim)
+
+    def elbo_grad(self, x, n_samples: int | None = None, kl: str = "analytic", seed: int = 0, eps=None):
+        """(ElboResult, grads): grads[name] is the gradient of the batch-mean ELBO with respect to
+        that parameter, by the hand-written backward pass."""
+        x = self._x(x)
+        check_choice("kl", kl, KL_METHODS)
+        e, S = self._eps(x.shape[0], n_samples, eps, seed)
+        _, rec, klv, kpd, g = self._core.objective_grad(x, e, S, kl, 1.0, 0.0, 1.0)
+        return ElboResult(rec, klv, kpd, n_samples=S, kl_method=kl, x_dim=self.x_dim), self._grad_dict(g)
+
+    def objective_grad(self, x, eps=None, n_samples=None, kl="analytic", beta=1.0, free_bits=0.0, seed=0):
+        """(objective, grads) of the training objective mean_b rec_b - beta * sum_j F(mean_b KL_bj),
+        F(k) = max(free_bits, k) when free_bits > 0. Not a bound when beta != 1 or free_bits > 0."""
+        x = self._x(x)
+        check_choice("kl", kl, KL_METHODS)
+        beta = check_float("beta", beta, minimum=0.0)
+        free_bits = check_float("free_bits", free_bits, minimum=0.0)
+        e, S = self._eps(x.shape[0], n_samples, eps, seed)
+        J, *_, g = self._core.objective_grad(x, e, S, kl, beta, free_bits, 1.0)
+        return J, self._grad_dict(g)
+
+    def log_likelihood(self, x, k: int = 5000, seed: int = 0) -> np.ndarray:
+        """Per-example importance-weighted bound L_K = log (1/K) sum_k p(x, z_k)/q(z_k|x) (MATH.md §3),
+        z_k ~ q(z|x), by log-sum-exp in float64, chunked so that any K fits in memory.
+        L_1 = ELBO <= L_K <= log p(x); L_K -> log p(x) as K grows."""
+        x = self._x(x)
+        k = check_int("k", k, 1)
+        seed = check_int("seed", seed, 0)
+        return self._core.log_likelihood(x, k, seed)
+
+    # -- the networks ---------------------------------------------------------------------------
+    def encode(self, x):
+        """(mu, logvar), each (n, z_dim), of q(z|x)."""
+        return self._core.encode(self._x(x))
+
+    def decode(self, z, logits: bool = False) -> np.ndarray:
+        """The mean of p(x|z) (n, x_dim): probabilities (Bernoulli) or means (Gaussian);
+        Bernoulli logits when logits=True."""
+        z = as_matrix("z", z, self.z_dim, self._np_dtype)
+        return self._core.decode(z, not logits)
+
+    def reconstruct(self, x, sample: bool = False, seed: int = 0) -> np.ndarray:
+        """Decoder mean at z = mu(x), or at one sample z ~ q(z|x) when sample=True."""
+        mu, logvar = self.encode(x)
+        z = mu
+        if sample:
+            z = mu + np.exp(0.5 * logvar) * _random.normal(mu.shape, seed=check_int("seed", seed, 0)).astype(mu.dtype)
+        return self.decode(z)
+
+    def sample(self, n: int, seed: int = 0, return_latent: bool = False):
+        """n draws z ~ N(0, I) decoded to the mean of p(x|z) (n, x_dim); with return_latent, (x, z)."""
+        n = check_int("n", n, 1)
+        seed = check_int("seed", seed, 0)
+        z = _random.normal((n, self.z_dim), seed=seed, stream=_random.STREAMS["sample"]).astype(self._np_dtype)
+        x = self.decode(z)
+        return (x, z) if return_latent else x
+
+    # -- training -------------------------------------------------------------------------------
+    def fit(self, x, epochs: int = 20, batch_size: int = 128, lr: float = 1e-3, optimizer: str = "adam",
+            beta: float = 1.0, warmup_steps: int = 0, free_bits: float = 0.0, n_samples: int = 1,
+            kl: str = "analytic", validation=None, seed: int = 0, progress: bool = True,
+            momentum: float = 0.9, weight_decay: float = 0.0, clip_norm: float | None = None) -> History:
+        """Trains by minibatch gradient ascent on the objective (the ELBO when beta = 1, no
+        warm-up and no free bits; otherwise not a bound, and ``train_elbo`` reports the true ELBO
+        beside it). The C++ loop runs with the GIL released.
+
+        Shuffling of epoch e uses ``ek.random.permutation(n, seed, STREAMS['shuffle'] + e)``; step t
+        draws its noise from ``ek.random.normal((n_samples, batch, z_dim), seed,
+        STREAMS['train_noise'] + t)``. KL warm-up: beta_t = beta * min(1, t / warmup_steps). Free
+        bits: each dimension's batch-mean KL is replaced by max(free_bits, KL_j). ``momentum`` is
+        used by optimizer="sgd" only. A non-finite loss raises FloatingPointError naming the step;
+        the parameters stay those of the last finite step and ``err.history`` holds the history.
+        """
+        x = self._x(x)
+        xv = None if validation is None else self._x(validation, "validation")
+        opts = fit_options(epochs, batch_size, lr, optimizer, beta, warmup_steps, free_bits, n_samples, kl, seed,
+                           momentum, weight_decay, clip_norm)
+        if opts["optimizer"] == "adam":
+            opts.pop("momentum")
+        return run_fit(self._core, x, xv, opts, progress, desc="VAE")
