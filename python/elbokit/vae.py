@@ -25,6 +25,15 @@ LIKELIHOODS = ("bernoulli", "gaussian")
 KL_METHODS = ("analytic", "mc")
 
 
+def _check_nan(what: str, *arrays) -> None:
+    """No silent NaN: a NaN result means the parameters overflow (for example an encoder
+    log-variance beyond ~700); infinities are honest results and pass."""
+    for a in arrays:
+        if np.isnan(a).any():
+            raise FloatingPointError(f"{what} produced NaN: the model's parameters overflow "
+                                     f"(check encoder.logvar and the decoder's outputs)")
+
+
 class _ParamModel:
     """Parameters as a dict of arrays named like the equivalent PyTorch module's state_dict."""
 
@@ -158,6 +167,7 @@ class VAE(_ParamModel):
         check_choice("kl", kl, KL_METHODS)
         e, S = self._eps(x.shape[0], n_samples, eps, seed)
         rec, klv, kpd = self._core.elbo(x, e, S, kl)
+        _check_nan("elbo", rec, klv)
         return ElboResult(rec, klv, kpd, n_samples=S, kl_method=kl, x_dim=self.x_dim)
 
     def elbo_grad(self, x, n_samples: int | None = None, kl: str = "analytic", seed: int = 0, eps=None):
@@ -167,6 +177,7 @@ class VAE(_ParamModel):
         check_choice("kl", kl, KL_METHODS)
         e, S = self._eps(x.shape[0], n_samples, eps, seed)
         _, rec, klv, kpd, g = self._core.objective_grad(x, e, S, kl, 1.0, 0.0, 1.0)
+        _check_nan("elbo_grad", rec, klv, g)
         return ElboResult(rec, klv, kpd, n_samples=S, kl_method=kl, x_dim=self.x_dim), self._grad_dict(g)
 
     def objective_grad(self, x, eps=None, n_samples=None, kl="analytic", beta=1.0, free_bits=0.0, seed=0):
@@ -187,7 +198,9 @@ class VAE(_ParamModel):
         x = self._x(x)
         k = check_int("k", k, 1)
         seed = check_int("seed", seed, 0)
-        return self._core.log_likelihood(x, k, seed)
+        out = self._core.log_likelihood(x, k, seed)
+        _check_nan("log_likelihood", out)
+        return out
 
     # -- the networks ---------------------------------------------------------------------------
     def encode(self, x):

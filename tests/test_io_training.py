@@ -1,0 +1,95 @@
+"""Saving and loading (atomic writes, clear errors) and the training loop's behaviour."""
+import os
+
+import numpy as np
+import pytest
+
+import elbokit as ek
+
+
+def test_save_load_roundtrip(tmp_path):
+    for kw in (dict(likelihood="bernoulli", dtype="float32"), dict(likelihood="gaussian", decoder_var=0.25, dtype="float64"),
+               dict(likelihood="gaussian", dtype="float64", hidden=())):
+        vae = ek.VAE(5, 2, seed=3, **{"hidden": (4, 3), **kw})
+        p = vae.parameters()
+        p["decoder.out.bias"] += 0.5
+        vae.set_parameters(p)
+        path = tmp_path / "m.elbokit"
+        assert vae.save(path) == str(path)
+        back = ek.load(path)
+        assert back.config == vae.config
+        q = back.parameters()
+        assert set(q) == set(p) and all(np.array_equal(q[n], p[n]) and q[n].dtype == p[n].dtype for n in p)
+        x = np.random.default_rng(0).uniform(size=(3, 5))
+        assert np.array_equal(back.elbo(x, seed=1).elbo, vae.elbo(x, seed=1).elbo)
+    assert [f for f in os.listdir(tmp_path) if f.startswith(".elbokit-")] == []  # no temporary left
+
+
+def test_save_overwrites_atomically_and_rejects_missing_folder(tmp_path):
+    path = tmp_path / "m.elbokit"
+    a, b = ek.VAE(5, 2, seed=0), ek.VAE(5, 2, seed=1)
+    a.save(path)
+    b.save(path)
+    assert np.array_equal(ek.load(path).parameters()["encoder.0.weight"], b.parameters()["encoder.0.weight"])
+    with pytest.raises(ValueError, match="path must be in an existing folder"):
+        a.save(tmp_path / "nope" / "m.elbokit")
+
+
+def test_load_rejects_truncated_and_foreign_files(tmp_path):
+    path = tmp_path / "m.elbokit"
+    ek.VAE(5, 2, seed=0).save(path)
+    data = path.read_bytes()
+    (tmp_path / "cut.elbokit").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="is not a readable elbokit model file"):
+        ek.load(tmp_path / "cut.elbokit")
+    (tmp_path / "text.elbokit").write_text("hello")
+    with pytest.raises(ValueError, match="is not a readable elbokit model file"):
+        ek.load(tmp_path / "text.elbokit")
+    np.savez(tmp_path / "other.npz", a=np.zeros(3))
+    with pytest.raises(ValueError, match="no elbokit header"):
+        ek.load(tmp_path / "other.npz")
+    with pytest.raises(FileNotFoundError, match="no model file"):
+        ek.load(tmp_path / "missing.elbokit")
+
+
+def test_fit_improves_the_elbo_and_records_history():
+    train, test = ek.datasets.digits()
+    vae = ek.VAE(64, 4, hidden=(32,), seed=0)
+    before = vae.elbo(test, seed=0).mean()
+    hist = vae.fit(train, epochs=4, batch_size=100, validation=test, progress=False, warmup_steps=30, free_bits=0.05)
+    after = vae.elbo(test, seed=0).mean()
+    assert after > before + 5
+    assert hist.epochs == 4 and len(hist["step_loss"]) == 4 * 15 and hist["steps"] == 60
+    assert hist["val_elbo"][-1] > hist["val_elbo"][0]
+    # warm-up: beta_t = min(1, t / 30) at the last step t of each epoch (t = 14, 29, 44, 59)
+    assert np.allclose(hist["beta"], [14 / 30, 29 / 30, 1.0, 1.0])
+    assert hist["kl_terms"].shape == (4, 4) and hist["active_units"].shape == (4, 1)
+    assert np.allclose(hist["train_elbo"], hist["train_reconstruction"] - hist["train_kl"])
+
+
+def test_nonfinite_loss_stops_with_the_step_and_keeps_parameters():
+    """A loss that overflows stops training with an error naming the step; the parameters are
+    those of the last finite step."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)) * 1e3
+    vae = ek.VAE(4, 2, hidden=(8,), likelihood="gaussian", decoder_var=1e-3, dtype="float32", seed=0)
+    p0 = vae.parameters()
+    with pytest.raises(FloatingPointError, match=r"training diverged at step \d+") as info:
+        vae.fit(x, epochs=50, batch_size=16, lr=10.0, optimizer="sgd", momentum=0.9, progress=False)
+    err = info.value
+    p = vae.parameters()
+    assert all(np.isfinite(a).all() for a in p.values())
+    assert err.step == err.history["steps"] == len(err.history["step_loss"])
+    if err.step == 0:
+        assert all(np.array_equal(p[n], p0[n]) for n in p)
+    assert np.isfinite(err.history["step_loss"]).all()
+
+
+def test_clip_norm_bounds_the_first_update():
+    """With clip_norm, an SGD step without momentum moves the parameters by at most lr * clip_norm."""
+    train, _ = ek.datasets.digits()
+    vae = ek.VAE(64, 4, hidden=(32,), seed=0)
+    p0 = np.concatenate([a.ravel() for a in vae.parameters().values()])
+    vae.fit(train[:50], epochs=1, batch_size=50, lr=0.1, optimizer="sgd", momentum=0.0, clip_norm=0.5, progress=False)
+    p1 = np.concatenate([a.ravel() for a in vae.parameters().values()])
+    assert np.linalg.norm(p1 - p0) == pytest.approx(0.05, rel=1e-3)
