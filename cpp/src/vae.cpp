@@ -111,7 +111,8 @@ void VAE<T>::forward(const T* x, Index B, const T* eps, Index S, KLMode kl, Work
   // 4. reconstruction term log p(x|z), one per (sample, example), averaged over samples
   w.logp.resize(R);
   if (lik_ == Likelihood::Bernoulli) {
-    bernoulli_logpdf_forward(w.logp.data(), x, w.out.data(), R, B, D);
+    w.sig.resize(R, D);
+    bernoulli_logpdf_forward(w.logp.data(), x, w.out.data(), R, B, D, w.sig.data());
   } else {
     const Vec<T> lvx = clamped_logvar();
     gaussian_logpdf_forward(w.logp.data(), x, w.out.data(), lvx.data(), R, B, D);
@@ -184,7 +185,7 @@ double VAE<T>::objective_grad(CMatRef<T> x, CMatRef<T> eps, Index S, KLMode kl, 
   const double c_rec = scale / double(R);
   w.dout.resize(R, D);
   if (lik_ == Likelihood::Bernoulli) {
-    bernoulli_logpdf_backward(w.dout.data(), c_rec, x.data(), w.out.data(), R, B, D);
+    bernoulli_logpdf_backward(w.dout.data(), c_rec, x.data(), w.sig.data(), R, B, D);
   } else {
     const Vec<T> lvx = clamped_logvar();
     T* dlvx = nullptr;
