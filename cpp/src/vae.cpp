@@ -265,12 +265,9 @@ Vec<double> VAE<T>::log_likelihood(CMatRef<T> x, Index K, uint64_t seed) {
 #pragma omp parallel for schedule(static) if (R * Z > 4096)
       for (Index r = 0; r < R; ++r) {
         const Index kk = r / bc, bb = r % bc;
-        for (Index j = 0; j < Z; ++j) {
-          const uint64_t idx = (uint64_t(b0 + bb) * uint64_t(K) + uint64_t(k0 + kk)) * uint64_t(Z) + uint64_t(j);
-          const T e = T(normal_at(seed, streams::kLogLikelihood, idx));
-          eps(r, j) = e;
-          z(r, j) = mu(bb, j) + sigma(bb, j) * e;
-        }
+        const uint64_t first = (uint64_t(b0 + bb) * uint64_t(K) + uint64_t(k0 + kk)) * uint64_t(Z);
+        fill_normal_serial(eps.row(r).data(), Z, seed, streams::kLogLikelihood, first);
+        z.row(r) = mu.row(bb) + sigma.row(bb).cwiseProduct(eps.row(r));
       }
       const T* hd = dec_.forward(p, z.data(), R, w.dec);
       dec_out.resize(R, D);
