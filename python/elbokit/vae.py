@@ -128,11 +128,14 @@ class VAE(_ParamModel):
     z_dim = property(lambda self: self.config["z_dim"])
     hidden = property(lambda self: tuple(self.config["hidden"]))
     likelihood = property(lambda self: self.config["likelihood"])
+    activation = property(lambda self: self.config["activation"])
+    decoder_var = property(lambda self: self.config["decoder_var"])
 
     def __repr__(self) -> str:
         c = self.config
         return (f"VAE(x_dim={c['x_dim']}, z_dim={c['z_dim']}, hidden={tuple(c['hidden'])}, "
-                f"likelihood={c['likelihood']!r}, activation={c['activation']!r}, dtype={c['dtype']!r}) "
+                f"likelihood={c['likelihood']!r}, activation={c['activation']!r}, dtype={c['dtype']!r}"
+                + (f", decoder_var={c['decoder_var']!r}" if c["likelihood"] == "gaussian" else "") + ") "
                 f"with {self.num_parameters} parameters")
 
     # -- inputs ---------------------------------------------------------------------------------

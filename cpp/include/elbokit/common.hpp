@@ -71,8 +71,9 @@ inline void check_positive(const char* name, double v) {
 // Threading policy. Work is cut into tiles whose sizes depend only on the problem's shape, never on
 // the number of threads; each tile is computed by one thread with a fixed summation order. Results
 // are therefore bit-identical whatever OMP_NUM_THREADS is. Small problems run on one thread: the
-// cost of waking a second one exceeds the work (a 64x64x128 GEMM is ~1 MFLOP).
-constexpr double kParallelFlops = 2.0e5;
+// cost of waking a second one, and on a busy machine of waiting for it at the join, exceeds the
+// work (a 64x64x128 GEMM is ~1 MFLOP, ~10 µs on one core). Products under 4 MFLOP stay serial.
+constexpr double kParallelFlops = 4.0e6;
 
 inline Index ceil_div(Index a, Index b) { return (a + b - 1) / b; }
 

@@ -13,6 +13,12 @@
 #include <string>
 #include <vector>
 
+#include <omp.h>
+#if defined(__SSE__) || defined(__x86_64__)
+#include <xmmintrin.h>
+#define ELBOKIT_HAVE_MXCSR 1
+#endif
+
 #include "elbokit/optim.hpp"
 #include "elbokit/rng.hpp"
 
@@ -83,6 +89,37 @@ inline void validate(const FitOptions& o) {
   validate(o.optim);
 }
 
+// Flushes denormal numbers to zero (FTZ and DAZ) on every OpenMP thread for its lifetime, then
+// restores each thread's previous mode. Adam's moments of parameters whose gradient is zero decay
+// geometrically into the denormal range (below 1.2e-38 in float), where x86 arithmetic takes
+// microcode assists and a training step becomes several times slower. Values that small then count
+// as zero; results stay deterministic. No effect on machines without an MXCSR.
+class FlushDenormals {
+ public:
+  FlushDenormals() {
+#ifdef ELBOKIT_HAVE_MXCSR
+    saved_.assign(size_t(omp_get_max_threads()), 0u);
+#pragma omp parallel num_threads(int(saved_.size()))
+    {
+      const unsigned c = _mm_getcsr();
+      saved_[size_t(omp_get_thread_num())] = c;
+      _mm_setcsr(c | 0x8040u);  // FTZ (bit 15) | DAZ (bit 6)
+    }
+#endif
+  }
+  ~FlushDenormals() {
+#ifdef ELBOKIT_HAVE_MXCSR
+#pragma omp parallel num_threads(int(saved_.size()))
+    _mm_setcsr(saved_[size_t(omp_get_thread_num())]);
+#endif
+  }
+  FlushDenormals(const FlushDenormals&) = delete;
+  FlushDenormals& operator=(const FlushDenormals&) = delete;
+
+ private:
+  std::vector<unsigned> saved_;
+};
+
 // β at global step t: KL warm-up rises linearly from 0 (MATH.md §2).
 inline double beta_at(const FitOptions& o, Index step) {
   if (o.warmup_steps <= 0) return o.beta;
@@ -96,6 +133,7 @@ template <class T, class Model>
 void fit(Model& model, const T* x, Index N, const T* xval, Index Nval, const FitOptions& o, FitHistory& hist,
          const ProgressFn& progress) {
   validate(o);
+  const FlushDenormals ftz;
   const Index D = model.data_dim(), P = model.num_params();
   const Index B = std::min(o.batch_size, N);
   const Index steps_per_epoch = ceil_div(N, B);
