@@ -82,6 +82,14 @@ void bind_hvae_t(py::module_& m, const char* name) {
         return v.decode(z, level, mean);
       }, py::arg("z"), py::arg("level"), py::arg("mean"),
            "z (B, Z_level) -> logits or means (B, D) through the prior's conditional means.")
+      .def("prior", [](M& v, CRef z, Index level) {
+        Mat<T> mu, lv;
+        {
+          py::gil_scoped_release nogil;
+          v.prior(z, level, mu, lv);
+        }
+        return py::make_tuple(mu, lv);
+      }, py::arg("z"), py::arg("level"), "z (B, Z_level) -> (mu, logvar) (B, Z_{level-1}) of p(z_{level-1}|z_level).")
       .def("generate", [](M& v, std::vector<Mat<T>> eps, Index n) {
         const Vec<T> e = flat_eps(v, eps, n);
         std::vector<Mat<T>> z;

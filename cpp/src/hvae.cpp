@@ -464,6 +464,20 @@ Mat<T> HVAE<T>::decode(CMatRef<T> z, Index level, bool mean) {
 }
 
 template <class T>
+void HVAE<T>::prior(CMatRef<T> z, Index level, Mat<T>& mu, Mat<T>& logvar) {
+  if (level < 2 || level > L_)
+    fail("level must be an integer in [2, " + std::to_string(L_) + "] (the prior of level 1 is conditioned on level 2), got " +
+         std::to_string(level));
+  check_cols("z", z.rows(), z.cols(), cfg_.z_dims[size_t(level - 1)]);
+  std::lock_guard<std::mutex> lock(mutex_);
+  const Index B = z.rows(), Z = cfg_.z_dims[size_t(level - 2)];
+  mu.resize(B, Z);
+  logvar.resize(B, Z);
+  TrunkCache<T> c;
+  prior_[size_t(level - 1)].forward(params_.data(), z.data(), B, c, mu.data(), logvar.data());
+}
+
+template <class T>
 Mat<T> HVAE<T>::generate(Index B, const T* eps, std::vector<Mat<T>>& z) {
   if (B <= 0) fail("n must be a positive integer, got " + std::to_string(B));
   std::lock_guard<std::mutex> lock(mutex_);

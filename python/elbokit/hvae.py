@@ -293,6 +293,15 @@ class HVAE(_ParamModel):
         z = as_matrix("z", z, self.z_dims[level - 1], self._np_dtype)
         return self._core.decode(z, level, not logits)
 
+    def prior(self, z, level: int):
+        """(mu, logvar), each (n, z_dims[level-2]): the Gaussian of p(z_{level-1} | z_level) for z
+        (n, z_dims[level-1]), level in 2..L (levels counted from 1 at the bottom; p(z_L) = N(0, I))."""
+        level = check_int("level", level, 2)
+        if level > self.levels:
+            raise ValueError(f"level must be an integer in [2, {self.levels}], got {level}")
+        z = as_matrix("z", z, self.z_dims[level - 1], self._np_dtype)
+        return self._core.prior(z, level)
+
     def reconstruct(self, x, sample: bool = False, seed: int = 0) -> np.ndarray:
         """Decoder mean at z_1 on the chain's mean path, or at one sample of the chain when sample=True."""
         x = self._x(x)

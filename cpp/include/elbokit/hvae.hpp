@@ -128,6 +128,9 @@ class HVAE {
   // decode: z (B, Z_level) at level `level` (1..L) passed down through the prior's conditional
   // means to p(x|z_1): (B, D) logits or means (probabilities when mean and Bernoulli).
   Mat<T> decode(CMatRef<T> z, Index level, bool mean);
+  // prior: the Gaussian (mu, logvar) (B, Z_{level−1}) of p(z_{level−1}|z_level) for z (B, Z_level),
+  // level in 2..L (1-based, as in MATH.md §6).
+  void prior(CMatRef<T> z, Index level, Mat<T>& mu, Mat<T>& logvar);
   // generate: ancestral samples of p with noise eps (B·Σ Z_l), z_L = ε_L, z_l = μ_p + σ_p ε_l;
   // returns the mean of p(x|z_1) (B, D) and fills z[l] (B, Z_l).
   Mat<T> generate(Index B, const T* eps, std::vector<Mat<T>>& z);
