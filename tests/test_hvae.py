@@ -223,6 +223,11 @@ def test_encode_decode_sample_match_torch(structure, rng):
         expect = torch.sigmoid(ref._dec[0](z1)).numpy()
         assert np.allclose(h.decode(z1.numpy()), expect, atol=1e-12)
     assert np.allclose(h.decode(z3, level=3), expect, atol=1e-12)
+    with torch.no_grad():
+        for level, z in ((3, z3), (2, z2.numpy())):
+            _, pm, plv = ref._dec[level - 1](torch.from_numpy(z))
+            mu, lv = h.prior(z, level)
+            assert np.allclose(mu, pm.numpy(), atol=1e-12) and np.allclose(lv, plv.numpy(), atol=1e-12)
     xs, zs = h.sample(6, seed=3, return_latent=True)
     flat = ek.random.normal(6 * 7, 3, stream=ek.random.STREAMS["sample"])
     e = [flat[:18].reshape(6, 3), flat[18:30].reshape(6, 2), flat[30:].reshape(6, 2)]
@@ -352,6 +357,10 @@ def test_elbo_options_rejected(small, kwargs, match):
     (lambda m: m.decode(np.zeros((2, 3)), level=2), r"z must have shape \(n, 2\), got \(2, 3\)"),
     (lambda m: m.decode(np.full((2, 3), np.inf)), "z must contain only finite values"),
     (lambda m: m.sample(0), "n must be an integer >= 1, got 0"),
+    (lambda m: m.prior(np.zeros((2, 3)), 1), "level must be an integer >= 2, got 1"),
+    (lambda m: m.prior(np.zeros((2, 3)), 3), r"level must be an integer in \[2, 2\], got 3"),
+    (lambda m: m.prior(np.zeros((2, 3)), 2), r"z must have shape \(n, 2\), got \(2, 3\)"),
+    (lambda m: m._core.prior(np.zeros((2, 3)), 1), r"level must be an integer in \[2, 2\]"),
     (lambda m: m.log_likelihood(X, k=0), "k must be an integer >= 1, got 0"),
     (lambda m: m.encode(X, eps=[np.zeros((4, 3))]), "eps must be a list of 2 arrays, one per level, got a list of 1"),
     (lambda m: m.objective_grad(X, beta=-1.0), "beta must be >= 0.0, got -1.0"),

@@ -154,7 +154,8 @@ void HVAE<T>::forward(const T* x, Index B, const T* eps, Index S, KLMode kl, Wor
   linear_forward(w.out.data(), hd, p + out_.w, p + out_.b, R, out_.in, out_.out);
   w.logp.resize(R);
   if (lik_ == Likelihood::Bernoulli) {
-    bernoulli_logpdf_forward(w.logp.data(), x, w.out.data(), R, B, D);
+    w.sig.resize(R, D);
+    bernoulli_logpdf_forward(w.logp.data(), x, w.out.data(), R, B, D, w.sig.data());
   } else {
     const Vec<T> lvx = clamped_logvar();
     gaussian_logpdf_forward(w.logp.data(), x, w.out.data(), lvx.data(), R, B, D);
@@ -269,7 +270,7 @@ double HVAE<T>::objective_grad(CMatRef<T> x, const T* eps, Index S, KLMode kl, d
   const double c_rec = scale / double(R);
   w.dout.resize(R, D);
   if (lik_ == Likelihood::Bernoulli) {
-    bernoulli_logpdf_backward(w.dout.data(), c_rec, x.data(), w.out.data(), R, B, D);
+    bernoulli_logpdf_backward(w.dout.data(), c_rec, x.data(), w.sig.data(), R, B, D);
   } else {
     const Vec<T> lvx = clamped_logvar();
     Vec<T> dlv_raw = Vec<T>::Zero(D);
@@ -397,9 +398,8 @@ Vec<double> HVAE<T>::log_likelihood(CMatRef<T> x, Index K, uint64_t seed) {
 #pragma omp parallel for schedule(static) if (R * Z > 4096)
         for (Index r = 0; r < R; ++r) {
           const uint64_t b = uint64_t(b0 + r % bc), k = uint64_t(k0 + r / bc);
-          for (Index j = 0; j < Z; ++j)
-            e[r * Z + j] = T(normal_at(seed, streams::kLogLikelihood,
-                                       (b * uint64_t(K) + k) * uint64_t(ztot_) + uint64_t(zoff_[size_t(l)] + j)));
+          fill_normal_serial(e + r * Z, Z, seed, streams::kLogLikelihood,
+                             (b * uint64_t(K) + k) * uint64_t(ztot_) + uint64_t(zoff_[size_t(l)]));
         }
       }
       // log w = log p(x|z_1) − Σ_l [log q(z_l|·) − log p(z_l|·)]: the per-row Monte-Carlo terms

@@ -170,7 +170,7 @@ class HVAE {
   struct Work {
     std::vector<Level> lv;
     TrunkCache<T> dec0;
-    Mat<T> out, dout, dhd;  // p(x|z_1): (R, D) and the trunk's gradient (R, H)
+    Mat<T> out, sig, dout, dhd;  // p(x|z_1): output, sigmoid(output) (Bernoulli) (R, D); dhd (R, H)
     Vec<double> logp;       // (R)
   };
   // forward: every level's Gaussians and samples, log p(x|z_1) and the per-row level terms.
