@@ -327,6 +327,20 @@ class HVAE(_ParamModel):
         x, zs = self._core.generate(eps, n)
         return (x, list(zs)) if return_latent else x
 
+    def active_units(self, x) -> np.ndarray:
+        """(L,) per level, bottom to top: dimensions of q's mean along the chain's mean path whose
+        variance over x exceeds 0.01 (MATH.md §2). In the top-down model a level's mean also moves
+        with the level above, so a level whose KL is ~0 can still count units here."""
+        x = self._x(x)
+        return np.array([int((np.var(mu.astype(np.float64), axis=0) > 0.01).sum()) for mu, _ in self.encode(x)])
+
+    def decoder_variance(self) -> np.ndarray:
+        """Gaussian decoder: the variance of p(x|z_1) per dimension (x_dim,), after the clamp of its
+        log-variance to [-10, 10]."""
+        if self.likelihood != "gaussian":
+            raise ValueError("decoder_variance needs likelihood='gaussian', got 'bernoulli'")
+        return np.exp(np.asarray(self._core.decoder_logvar(), dtype=np.float64))
+
     # -- training -------------------------------------------------------------------------------
     def fit(self, x, epochs: int = 20, batch_size: int = 128, lr: float = 1e-3, optimizer: str = "adam",
             beta: float = 1.0, warmup_steps: int = 0, free_bits: float = 0.0, n_samples: int = 1,
