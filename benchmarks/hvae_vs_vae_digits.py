@@ -27,16 +27,20 @@ def main():
     }
     recipe = dict(epochs=a.epochs, batch_size=64, lr=2e-3, warmup_steps=500, progress=False, seed=a.seed)
     print(f"digits: train {train.shape}, test {test.shape}; recipe {recipe}; L_K with K = {a.k}")
-    print(f"{'model':24s} {'params':>7s} {'train s':>8s} {'ELBO':>17s} {'L_K':>17s}  per-level KL")
+    print(f"{'model':24s} {'params':>7s} {'train s':>8s} {'ELBO':>17s} {'L_K':>17s} {'L_K - VAE (paired)':>19s}"
+          f"  per-level KL")
+    base = None
     for name, m in models.items():
         t = time.perf_counter()
         m.fit(train, **recipe)
         t = time.perf_counter() - t
         r = m.elbo(test, n_samples=10, seed=1)
-        ll = ek.mean_stderr(m.log_likelihood(test, k=a.k, seed=2))
+        per_example = m.log_likelihood(test, k=a.k, seed=2)
+        base = per_example if base is None else base
+        ll, diff = ek.mean_stderr(per_example), ek.mean_stderr(per_example - base)
         levels = r.level_means() if hasattr(r, "level_means") else [r.mean("kl")]
         print(f"{name:24s} {m.num_parameters:7d} {t:8.1f} {r.mean():8.3f} ± {r.stderr():.3f} "
-              f"{ll[0]:8.3f} ± {ll[1]:.3f}  {' '.join(f'{k:.2f}' for k in levels)}")
+              f"{ll[0]:8.3f} ± {ll[1]:.3f} {diff[0]:+9.3f} ± {diff[1]:.3f}  {' '.join(f'{k:.2f}' for k in levels)}")
 
 
 if __name__ == "__main__":
