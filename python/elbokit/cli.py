@@ -1,6 +1,7 @@
 """The ``elbokit`` command line.
 
     elbokit train vae --data digits --epochs 30 --out runs/vae   # train, evaluate, save
+    elbokit train hvae --z-dims 8 4 --structure topdown          # a hierarchical VAE, every level's term
     elbokit demo                                                 # the README's main job
     elbokit info                                                 # version, threads, dtypes
 
