@@ -106,13 +106,19 @@ class TorchHVAE(nn.Module):
     def numpy_parameters(self):
         return {k: v.detach().numpy().copy() for k, v in self.state_dict().items()}
 
+    def _as(self, a):
+        """Tensors pass unchanged (any dtype); arrays become tensors of the module's dtype."""
+        if isinstance(a, torch.Tensor):
+            return a
+        return torch.from_numpy(np.array(a, dtype=np.float64)).to(next(self.parameters()).dtype)
+
     def log_px(self, x, out):
         if self.likelihood == "bernoulli":
             return (x * out - softplus(out)).sum(-1)
         if hasattr(self._dec[0], "logvar"):
             lv = torch.clamp(self._dec[0].logvar, -10.0, 10.0)
         else:
-            lv = torch.full((self.x_dim,), self.fixed_logvar, dtype=DTYPE)
+            lv = torch.full((self.x_dim,), self.fixed_logvar, dtype=out.dtype)
         return -0.5 * (LOG_2PI + lv + (x - out) ** 2 * torch.exp(-lv)).sum(-1)
 
     def _chain(self, x, eps):
@@ -149,8 +155,8 @@ class TorchHVAE(nn.Module):
 
     def elbo_terms(self, x, eps, kl="analytic"):
         """(elbo, reconstruction, kl_levels (n, L)) for noise eps [(S, n, z_l)]."""
-        x = as_tensor(x)
-        eps = [as_tensor(e) for e in eps]
+        x = self._as(x)
+        eps = [self._as(e) for e in eps]
         S = eps[0].shape[0]
         levels = self._chain(x, eps)
         rec = self.log_px(x, self._dec[0](levels[0][0])).mean(0)
@@ -173,8 +179,8 @@ class TorchHVAE(nn.Module):
     def log_weights(self, x, eps):
         """log w = log p(x, z_1..z_L) - log q(z_1..z_L|x) per sample (S, n): the joint and the
         posterior, summed density by density (no level grouping)."""
-        x = as_tensor(x)
-        eps = [as_tensor(e) for e in eps]
+        x = self._as(x)
+        eps = [self._as(e) for e in eps]
         levels = self._chain(x, eps)
         log_joint = self.log_px(x, self._dec[0](levels[0][0]))
         log_q = 0.0
