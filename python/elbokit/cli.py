@@ -1,6 +1,7 @@
 """The ``elbokit`` command line.
 
     elbokit train vae --data digits --epochs 30 --out runs/vae   # train, evaluate, save
+    elbokit train hvae --z-dims 8 4 --structure topdown          # a hierarchical VAE, every level's term
     elbokit demo                                                 # the README's main job
     elbokit info                                                 # version, threads, dtypes
 
@@ -31,13 +32,14 @@ import numpy as np
 from . import __version__, datasets, get_num_threads, plots, set_num_threads
 from ._atomic import atomic_write
 from .results import mean_stderr
+from .hvae import HVAE, STRUCTURES
 from .vae import ACTIVATIONS, VAE
 
 __all__ = ["main", "build_parser", "MODELS", "PLANNED_MODELS"]
 
 PROG = "elbokit"
 IMAGE_SHAPES = {"digits": (8, 8), "fashion_mnist": (28, 28)}  # other data sets are 2-D points
-PLANNED_MODELS = {"hvae": "hierarchical VAE", "diffusion": "diffusion model"}
+PLANNED_MODELS = {"diffusion": "diffusion model"}
 EVAL_SAMPLES = 10  # Monte-Carlo samples per example for the held-out ELBO
 
 
@@ -99,6 +101,29 @@ def build_vae(args, x_dim: int):
     likelihood = args.likelihood or ("bernoulli" if images else "gaussian")
     return VAE(x_dim, z_dim, hidden=tuple(args.hidden), likelihood=likelihood, activation=args.activation,
                dtype=args.dtype, seed=args.seed)
+
+
+@model("hvae", help="hierarchical VAE with several Gaussian latent levels, Markov or top-down (ladder) encoder; "
+                    "--free-bits acts per level",
+       arguments=[
+           (("--z-dims",), dict(type=_positive_int, nargs="+", default=None, metavar="Z",
+                                help="latent widths bottom to top, one per level (default 8 4 for images, 2 2 for "
+                                     "2-D data)")),
+           (("--hidden",), dict(type=_positive_int, nargs="*", default=[128], metavar="H",
+                                help="hidden layer widths of every network, reversed in the decoders (default 128)")),
+           (("--structure",), dict(choices=STRUCTURES, default="markov",
+                                   help="q(z_l|z_{l-1}) chain, or top-down with precision weighting (default markov)")),
+           (("--likelihood",), dict(choices=("bernoulli", "gaussian"), default=None,
+                                    help="decoder p(x|z_1) (default bernoulli for images, gaussian for 2-D data)")),
+           (("--activation",), dict(choices=ACTIVATIONS, default="relu", help="hidden activation (default relu)")),
+       ])
+def build_hvae(args, x_dim: int):
+    """An HVAE for data of dimension x_dim from the parsed options."""
+    images = args.data in IMAGE_SHAPES
+    z_dims = tuple(args.z_dims) if args.z_dims else ((8, 4) if images else (2, 2))
+    likelihood = args.likelihood or ("bernoulli" if images else "gaussian")
+    return HVAE(x_dim, z_dims, hidden=tuple(args.hidden), structure=args.structure, likelihood=likelihood,
+                activation=args.activation, dtype=args.dtype, seed=args.seed)
 
 
 # -- the parser -----------------------------------------------------------------------------------
@@ -263,11 +288,16 @@ def _metrics(args, net, hist, res, ll, train, test, image_shape) -> dict:
     d = train.shape[1]
     ll_mean, ll_se = mean_stderr(ll)
     terms = {t: dict(zip(("mean", "stderr"), v)) for t, v in res.summary().items()}
+    units = net.active_units(test) if hasattr(net, "active_units") else np.asarray(hist["active_units"])[-1]
     held_out = {**terms, "log_likelihood": {"mean": ll_mean, "stderr": ll_se, "k": args.k},
-                "active_units": net.active_units(test) if hasattr(net, "active_units")
-                else int(np.asarray(hist["active_units"])[-1].sum()), "z_dim": int(net.z_dim),
-                "kl_per_dim": np.mean(res.kl_per_dim, axis=0).tolist(),
+                "active_units": int(np.sum(units)), "z_dim": int(sum(net.z_dims) if hasattr(net, "z_dims") else net.z_dim),
                 "n_examples": int(test.shape[0]), "n_samples": EVAL_SAMPLES, "seed": args.seed}
+    if hasattr(res, "kl_levels"):  # a hierarchical model: every level's term and active units
+        held_out["kl_levels"] = res.level_means().tolist()
+        held_out["active_units_per_level"] = [int(u) for u in np.atleast_1d(units)]
+        held_out["z_dims"] = list(net.z_dims)
+    else:
+        held_out["kl_per_dim"] = np.mean(res.kl_per_dim, axis=0).tolist()
     if image_shape is not None:
         # Positive costs in bits per dimension: -ELBO, -reconstruction, KL and -L_K over d ln 2.
         scale = 1.0 / (d * math.log(2.0))
@@ -305,6 +335,9 @@ def _table(m: dict) -> str:
         (f"ELBO ({h['n_samples']} samples)", h["elbo"], bits and bits["elbo"]),
         ("  reconstruction E_q[log p(x|z)]", h["reconstruction"], bits and bits["reconstruction"]),
         ("  KL(q(z|x) || p(z))", h["kl"], bits and bits["kl"]),
+        *((f"    level {l}: " + ("prior matching" if l == len(h["kl_levels"]) else
+                                  "consistency" if m["config"].get("structure") == "markov" else "KL to p(z_l|z_l+1)"),
+           h[f"kl_{l}"], None) for l in range(1, len(h.get("kl_levels", ())) + 1)),
         (f"log-likelihood L_{h['log_likelihood']['k']}", h["log_likelihood"], bits and bits["log_likelihood"]),
     ]
     head = f"held-out {m['data']['name']}: {h['n_examples']} examples, mean ± standard error"
@@ -315,6 +348,9 @@ def _table(m: dict) -> str:
             line += f"{_pm(b['mean'], b['stderr'], 4):>20s}"
         lines.append(line)
     lines.append(f"  {'active units (Var_x E_q[z_j] > 0.01)':34s}{h['active_units']:>14d} / {h['z_dim']}")
+    if "active_units_per_level" in h:
+        per = ", ".join(f"{u}/{z}" for u, z in zip(h["active_units_per_level"], h["z_dims"]))
+        lines.append(f"  {'  per level, bottom to top':34s}{per:>20s}")
     if bits:
         lines.append("  bits/dim: -ELBO, -reconstruction, KL and -L_K divided by d ln 2 (lower is better)")
     t = m["time_s"]

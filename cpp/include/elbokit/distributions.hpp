@@ -135,6 +135,113 @@ void kl_gaussian_backward(T* dmu1, T* dlv1, T* dmu2, T* dlv2, const double* coef
   }
 }
 
+// ---- Diagonal Gaussian log-density with a mean and log-variance per row (MATH.md §1):
+// logp[r] = −½ Σ_j [log 2π + lv[m, j] + (z[r, j] − μ[m, j])² e^{−lv[m, j]}], m = r % M.
+// M = R: one Gaussian per row; M = B < R: the Gaussian of example b is shared by its S samples.
+// mean = logvar = nullptr: the standard normal N(0, I).
+template <class T>
+void gaussian_logpdf_diag_forward(double* logp, const T* z, const T* mean, const T* logvar, Index R, Index M, Index Z) {
+#pragma omp parallel for schedule(static) if (R * Z > 32768)
+  for (Index r = 0; r < R; ++r) {
+    const T* zr = z + r * Z;
+    const Index m = (r % M) * Z;
+    double acc = 0;
+    for (Index j = 0; j < Z; ++j) {
+      const double mu = mean ? double(mean[m + j]) : 0.0, lv = logvar ? double(logvar[m + j]) : 0.0;
+      const double e = double(zr[j]) - mu;
+      acc += kLog2Pi + lv + e * e * std::exp(-lv);
+    }
+    logp[r] = -0.5 * acc;
+  }
+}
+
+// gaussian_logpdf_diag_backward, coef (R) = ∂J/∂logp[r]; each output may be null:
+//   dz (R,Z) += coef·(μ − z)e^{−lv};  dmean (M,Z) += Σ_{r ≡ m} coef·(z − μ)e^{−lv};
+//   dlogvar (M,Z) += Σ_{r ≡ m} coef·½[(z − μ)² e^{−lv} − 1].
+// Parallel over the M Gaussians, samples summed in order: no two threads write the same entry.
+template <class T>
+void gaussian_logpdf_diag_backward(T* dz, T* dmean, T* dlogvar, const double* coef, const T* z, const T* mean,
+                                   const T* logvar, Index R, Index M, Index Z) {
+#pragma omp parallel for schedule(static) if (R * Z > 32768)
+  for (Index m = 0; m < M; ++m)
+    for (Index r = m; r < R; r += M)
+      for (Index j = 0; j < Z; ++j) {
+        const double mu = mean ? double(mean[m * Z + j]) : 0.0, lv = logvar ? double(logvar[m * Z + j]) : 0.0;
+        const double e = double(z[r * Z + j]) - mu, iv = std::exp(-lv), c = coef[r];
+        if (dz) dz[r * Z + j] -= T(c * e * iv);
+        if (dmean) dmean[m * Z + j] += T(c * e * iv);
+        if (dlogvar) dlogvar[m * Z + j] += T(c * 0.5 * (e * e * iv - 1.0));
+      }
+}
+
+// ---- A Gaussian's log-density at its own reparameterized sample z = μ + σ ⊙ ε (MATH.md §2):
+// log N(z; μ, σ²) = −½ Σ_j [log 2π + lv_j + ε_j²]. As a function of (μ, lv) through z it does not
+// depend on μ, and ∂/∂lv = −½ (the total derivative; nothing flows to z).
+// logp (R), logvar (M,Z) with row r % M as above, eps (R,Z).
+template <class T>
+void gaussian_logpdf_at_sample_forward(double* logp, const T* logvar, const T* eps, Index R, Index M, Index Z) {
+  for (Index r = 0; r < R; ++r) {
+    const T* lv = logvar + (r % M) * Z;
+    const T* er = eps + r * Z;
+    double acc = 0;
+    for (Index j = 0; j < Z; ++j) acc += kLog2Pi + double(lv[j]) + double(er[j]) * double(er[j]);
+    logp[r] = -0.5 * acc;
+  }
+}
+
+// gaussian_logpdf_at_sample_backward: dlogvar (M,Z) += Σ_{r ≡ m} coef[r]·(−½).
+template <class T>
+void gaussian_logpdf_at_sample_backward(T* dlogvar, const double* coef, Index R, Index M, Index Z) {
+  for (Index m = 0; m < M; ++m) {
+    double c = 0;
+    for (Index r = m; r < R; r += M) c += coef[r];
+    for (Index j = 0; j < Z; ++j) dlogvar[m * Z + j] += T(-0.5 * c);
+  }
+}
+
+// ---- Precision-weighted combination of two diagonal Gaussians (MATH.md §6, ladder VAE):
+// σ_q^{-2} = σ_d^{-2} + σ_p^{-2}, μ_q = σ_q² (μ_d σ_d^{-2} + μ_p σ_p^{-2}). Computed stably with the
+// weights w_d = σ_d^{-2}/(σ_d^{-2} + σ_p^{-2}) = sigmoid(lv_p − lv_d), w_p = 1 − w_d:
+//   μ_q = w_d μ_d + w_p μ_p,  lv_q = −log(e^{−lv_d} + e^{−lv_p}) = lv_d − softplus(lv_d − lv_p).
+// mu_d, lv_d (M,Z) with row r % M (the bottom-up Gaussian of example b, shared by its samples);
+// mu_p, lv_p, mu_q, lv_q (R,Z).
+template <class T>
+void gaussian_precision_product_forward(T* mu_q, T* lv_q, const T* mu_d, const T* lv_d, const T* mu_p, const T* lv_p,
+                                        Index R, Index M, Index Z) {
+#pragma omp parallel for schedule(static) if (R * Z > 32768)
+  for (Index r = 0; r < R; ++r)
+    for (Index j = 0; j < Z; ++j) {
+      const Index i = r * Z + j, k = (r % M) * Z + j;
+      const T a = lv_d[k] - lv_p[i];  // w_d = sigmoid(−a)
+      const T wd = sigmoid(-a);
+      mu_q[i] = wd * mu_d[k] + (T(1) - wd) * mu_p[i];
+      lv_q[i] = lv_d[k] - softplus(a);
+    }
+}
+
+// gaussian_precision_product_backward, given dmu_q, dlv_q (R,Z):
+//   ∂μ_q/∂μ_d = w_d, ∂μ_q/∂μ_p = w_p, ∂μ_q/∂lv_d = −(μ_d − μ_p) w_d w_p = −∂μ_q/∂lv_p,
+//   ∂lv_q/∂lv_d = w_d, ∂lv_q/∂lv_p = w_p.
+// Accumulates into dmu_d, dlv_d (M,Z) (summed over the rows r ≡ m in order) and dmu_p, dlv_p (R,Z).
+template <class T>
+void gaussian_precision_product_backward(T* dmu_d, T* dlv_d, T* dmu_p, T* dlv_p, const T* dmu_q, const T* dlv_q,
+                                         const T* mu_d, const T* lv_d, const T* mu_p, const T* lv_p, Index R,
+                                         Index M, Index Z) {
+#pragma omp parallel for schedule(static) if (R * Z > 32768)
+  for (Index m = 0; m < M; ++m)
+    for (Index r = m; r < R; r += M)
+      for (Index j = 0; j < Z; ++j) {
+        const Index i = r * Z + j, k = m * Z + j;
+        const T wd = sigmoid(lv_p[i] - lv_d[k]), wp = T(1) - wd;
+        const T gm = dmu_q[i], gl = dlv_q[i];
+        const T cross = (mu_d[k] - mu_p[i]) * wd * wp * gm;
+        dmu_d[k] += wd * gm;
+        dmu_p[i] += wp * gm;
+        dlv_d[k] += wd * gl - cross;
+        dlv_p[i] += wp * gl + cross;
+      }
+}
+
 // ---- Reparameterization z = μ + σ ⊙ ε, σ = e^{lv/2}   (MATH.md §2)
 
 // reparam_forward: z (S·B, Z) row s·B+b = μ[b] + σ[b] ⊙ ε[s·B+b]; writes sigma (B,Z)
