@@ -12,6 +12,7 @@ from . import _core, datasets, random
 from .io import load
 from .results import ElboResult, History, mean_stderr
 from .vae import VAE
+from .diffusion import Diffusion, DiffusionElbo
 
 __version__ = "0.1.0"
 
@@ -25,5 +26,5 @@ def get_num_threads() -> int:
     return _core.num_threads()
 
 
-__all__ = ["VAE", "ElboResult", "History", "load", "datasets", "random", "mean_stderr",
+__all__ = ["VAE", "Diffusion", "DiffusionElbo", "ElboResult", "History", "load", "datasets", "random", "mean_stderr",
            "set_num_threads", "get_num_threads", "__version__"]
