@@ -14,7 +14,8 @@ namespace elbokit {
 
 // Tiles of the deterministic parallel products (see common.hpp: threading policy). A dimension of
 // size n is cut into ceil(n / max) tiles of balanced sizes (multiples of 16); the cut depends on
-// the shape alone. Large row tiles let one packed panel of the other operand serve many rows.
+// the shape alone; which thread computes a tile does not matter (dynamic schedule for balance),
+// since each tile is computed whole by one thread. Large row tiles let one packed panel of the other operand serve many rows.
 constexpr Index kTileRows = 128;  // rows of the output per tile, at most
 constexpr Index kTileCols = 256;  // columns of the output per tile, at most
 
@@ -38,7 +39,7 @@ void linear_forward(T* out, const T* inp, const T* weight, const T* bias, Index 
   const Tiling tr(B, kTileRows), tc(O, kTileCols);
   const Index ntiles = tr.count * tc.count;
   const bool par = ntiles > 1 && 2.0 * double(B) * double(I) * double(O) > kParallelFlops;
-#pragma omp parallel for schedule(static) if (par)
+#pragma omp parallel for schedule(dynamic, 1) if (par)
   for (Index t = 0; t < ntiles; ++t) {
     const Index r0 = tr.begin(t / tc.count), c0 = tc.begin(t % tc.count);
     const Index rb = tr.len(t / tc.count), cb = tc.len(t % tc.count);
@@ -66,7 +67,7 @@ void linear_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
   // One parallel region for the input gradient's tiles and the weight gradient's tiles.
   const Tiling xr(B, kTileRows), xc(I, kTileCols), wr(O, kTileRows), wc(I, kTileCols);
   const Index nx = dinp ? xr.count * xc.count : 0, nw = wr.count * wc.count;
-#pragma omp parallel for schedule(static) if (par && nx + nw > 1)
+#pragma omp parallel for schedule(dynamic, 1) if (par && nx + nw > 1)
   for (Index t = 0; t < nx + nw; ++t) {
     if (t < nx) {  // dX tile: (rows of the batch) x (input units); depth O
       MatMap<T> dX(dinp, B, I);
