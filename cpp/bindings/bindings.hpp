@@ -6,4 +6,5 @@ namespace elbokit_py {
 void bind_rng(pybind11::module_& m);
 void bind_vae(pybind11::module_& m);
 void bind_hvae(pybind11::module_& m);
+void bind_diffusion(pybind11::module_& m);
 }  // namespace elbokit_py

@@ -16,4 +16,5 @@ PYBIND11_MODULE(_core, m) {
   elbokit_py::bind_rng(m);
   elbokit_py::bind_vae(m);
   elbokit_py::bind_hvae(m);
+  elbokit_py::bind_diffusion(m);
 }

@@ -13,6 +13,7 @@ from .io import load
 from .results import ElboResult, History, mean_stderr
 from .vae import VAE
 from .hvae import HVAE, HElboResult
+from .diffusion import Diffusion, DiffusionElbo
 
 __version__ = "0.1.0"
 
@@ -26,5 +27,5 @@ def get_num_threads() -> int:
     return _core.num_threads()
 
 
-__all__ = ["VAE", "HVAE", "HElboResult", "ElboResult", "History", "load", "datasets", "random", "mean_stderr",
+__all__ = ["VAE", "HVAE", "HElboResult", "Diffusion", "DiffusionElbo", "ElboResult", "History", "load", "datasets", "random", "mean_stderr",
            "set_num_threads", "get_num_threads", "__version__"]

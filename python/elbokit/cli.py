@@ -35,11 +35,10 @@ from .results import mean_stderr
 from .hvae import HVAE, STRUCTURES
 from .vae import ACTIVATIONS, VAE
 
-__all__ = ["main", "build_parser", "MODELS", "PLANNED_MODELS"]
+__all__ = ["main", "build_parser", "MODELS"]
 
 PROG = "elbokit"
 IMAGE_SHAPES = {"digits": (8, 8), "fashion_mnist": (28, 28)}  # other data sets are 2-D points
-PLANNED_MODELS = {"diffusion": "diffusion model"}
 EVAL_SAMPLES = 10  # Monte-Carlo samples per example for the held-out ELBO
 
 
@@ -124,6 +123,26 @@ def build_hvae(args, x_dim: int):
     likelihood = args.likelihood or ("bernoulli" if images else "gaussian")
     return HVAE(x_dim, z_dims, hidden=tuple(args.hidden), structure=args.structure, likelihood=likelihood,
                 activation=args.activation, dtype=args.dtype, seed=args.seed)
+@model("diffusion", help="diffusion model (DDPM) as a hierarchical VAE with a fixed Gaussian encoder",
+       arguments=[
+           (("--timesteps",), dict(type=_positive_int, default=1000, metavar="T", help="diffusion steps (default 1000)")),
+           (("--schedule",), dict(choices=("linear", "cosine"), default="linear", help="noise schedule (default linear)")),
+           (("--hidden",), dict(type=_positive_int, nargs="*", default=[256, 256, 256], metavar="H",
+                                help="hidden widths of the denoising MLP (default 256 256 256)")),
+           (("--prediction",), dict(choices=("epsilon", "x0", "v"), default="epsilon", help="network output (default epsilon)")),
+           (("--variance",), dict(choices=("small", "large"), default="large", help="decoder variance (default large)")),
+           (("--loss",), dict(choices=("simple", "elbo", "hybrid"), default="simple", help="training loss (default simple)")),
+           (("--ema",), dict(type=_nonnegative_float, default=0.999, help="EMA decay of the weights, 0 = off (default 0.999)")),
+           (("--sample-steps",), dict(type=_positive_int, default=None, metavar="S",
+                                      help="DDIM steps for the pictures (default: ancestral sampling over all T)")),
+       ])
+def build_diffusion(args, x_dim: int):  # noqa: D103
+    """A diffusion model; fashion_mnist is modelled as 256-level data (honest bits/dim)."""
+    from .diffusion import Diffusion
+
+    data = "discrete256" if args.data == "fashion_mnist" else "continuous"
+    return Diffusion(x_dim, timesteps=args.timesteps, schedule=args.schedule, hidden=tuple(args.hidden),
+                     prediction=args.prediction, variance=args.variance, data=data, dtype=args.dtype, seed=args.seed)
 
 
 # -- the parser -----------------------------------------------------------------------------------
@@ -173,10 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
         for flags, kwargs in spec["arguments"]:
             g.add_argument(*flags, **kwargs)
         _add_training_options(m, datasets.DATASETS, default_out=os.path.join("runs", name))
-        m.set_defaults(handler=_train)
-    for name, what in PLANNED_MODELS.items():
-        m = models.add_parser(name, help=f"{what} (not in this version yet)", add_help=False)
-        m.set_defaults(handler=_planned)
+        m.set_defaults(handler=spec.get("handler", _train))
 
     demo = commands.add_parser("demo", help="train and evaluate a VAE on the bundled digits (under a minute)",
                                description="Trains a VAE 64-(128,128)-8 on 1500 bundled 8x8 digits with the 297 "
@@ -192,14 +208,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # -- commands -------------------------------------------------------------------------------------
-def _planned(args) -> int:
-    """`train hvae` / `train diffusion`: named so that users find them, refused until they exist."""
-    available = ", ".join(MODELS)
-    print(f"{PROG}: error: 'train {args.model}' ({PLANNED_MODELS[args.model]}) is not in this version of "
-          f"elbokit yet; a later release adds it. Available models: {available}.", file=sys.stderr)
-    return 2
-
-
 def _demo(args) -> int:
     """The README's main job: `train vae` on the bundled digits with L_5000 on the 297 held out."""
     parser = build_parser()
@@ -220,7 +228,7 @@ def _info(args) -> int:
         ("engine", os.path.basename(_core.__file__)),
         ("threads", str(get_num_threads())),
         ("dtypes", "float32 (speed), float64 (verification)"),
-        ("models", ", ".join(MODELS) + "; planned: " + ", ".join(PLANNED_MODELS)),
+        ("models", ", ".join(MODELS)),
         ("data sets", ", ".join(datasets.DATASETS)),
         ("fashion_mnist", f"{fm} ({'found' if os.path.isdir(fm) else 'not found'})"),
         ("python", f"{platform.python_version()} ({sys.executable})"),
@@ -281,6 +289,82 @@ def _train(args) -> int:
     print(_table(metrics))
     print("saved " + ", ".join(paths.values()))
     return 0
+
+
+def _train_diffusion(args) -> int:
+    """`train diffusion`: fit, the held-out denoising ELBO over all T steps (and bits/dim), samples
+    and trajectories in report.png, model.elbokit, metrics.json."""
+    t_start = time.perf_counter()
+    if args.threads is not None:
+        set_num_threads(args.threads)
+    if args.beta != 1.0 or args.warmup_steps > 0 or args.free_bits > 0 or args.n_samples != 1 or args.kl != "analytic":
+        raise UsageError("--beta, --warmup-steps, --free-bits, --n-samples and --kl are VAE options; "
+                         "a diffusion model takes none of them")
+    train, test = datasets.load(args.data)
+    image_shape = IMAGE_SHAPES.get(args.data)
+    if image_shape is not None:  # images in [0, 1] -> [-1, 1] (fashion_mnist: exactly the 256 levels)
+        train, test = 2 * train - 1, 2 * test - 1
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out must be a folder, got {args.out!r}, which is a file")
+    net = MODELS["diffusion"]["build"](args, train.shape[1])
+    print(f"diffusion on {args.data}: {train.shape[0]} training and {test.shape[0]} held-out examples of "
+          f"dimension {train.shape[1]}")
+    print(net)
+    sys.stdout.flush()
+    t0 = time.perf_counter()
+    try:
+        hist = net.fit(train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss,
+                       ema=args.ema if args.ema > 0 else None, validation=test, seed=args.seed,
+                       progress=args.progress)
+    except FloatingPointError as e:
+        print(f"{PROG}: error: training diverged: {e}; try a smaller --lr", file=sys.stderr)
+        return 1
+    t_train = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    held = test[:1000] if image_shape is None else test[:200]  # T network evaluations per example
+    res = net.elbo(held, form="denoising", seed=args.seed)
+    t_eval = time.perf_counter() - t0
+    method = "ddpm" if args.sample_steps is None else "ddim"
+    n = 2000 if image_shape is None else 20
+    samples, traj, steps = net.sample(n, method=method, steps=args.sample_steps, seed=args.seed,
+                                      return_trajectory=True)
+    os.makedirs(args.out, exist_ok=True)
+    paths = {name: os.path.join(args.out, name) for name in ("model.elbokit", "report.png", "metrics.json")}
+    net.save(paths["model.elbokit"])
+    plt = plots._pyplot()
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4.5))
+    if image_shape is None:
+        ax[0].scatter(*test[:n].T, s=2)
+        ax[0].set_title(f"held-out {args.data}")
+        ax[1].scatter(*samples.T, s=2)
+        for i in range(min(40, n)):
+            ax[2].plot(traj[:, i, 0], traj[:, i, 1], lw=0.5)
+        ax[2].set_title(f"trajectories x_T -> x_0 ({method})")
+    else:
+        plots.plot_images((test[:20] + 1) / 2, shape=image_shape, ax=ax[0], title="held-out", vmin=0, vmax=1)
+        plots.plot_images((np.clip(samples, -1, 1) + 1) / 2, shape=image_shape, ax=ax[1], vmin=0, vmax=1)
+        idx = np.linspace(0, len(steps) - 1, 10).round().astype(int)
+        plots.plot_images((np.clip(traj[idx, 0], -1, 1) + 1) / 2, shape=image_shape, ax=ax[2], vmin=0, vmax=1,
+                          title="one trajectory, x_T -> x_0")
+    ax[1].set_title(f"samples ({method}, {len(steps) - 1} steps)")
+    fig.suptitle(f"{net!r}\nheld-out ELBO {res.mean():.3f} ± {res.stderr():.3f} nats, {res.bits_per_dim():.3f} bits/dim")
+    plots.save_figure(fig, paths["report.png"])
+    plots.close(fig)
+    rec, prior = mean_stderr(res.reconstruction), mean_stderr(res.prior)
+    metrics = {"model": "diffusion", "data": args.data, "config": net.config,
+               "held_out": {"n": int(held.shape[0]), "elbo": mean_stderr(res.elbo), "reconstruction": rec,
+                            "prior": prior, "bits_per_dim": res.bits_per_dim(),
+                            "step_means": res.step_means().tolist()},
+               "train_loss": list(map(float, hist.train_loss)),
+               "time_s": {"train": t_train, "evaluate": t_eval, "total": time.perf_counter() - t_start},
+               "files": paths}
+    _write_json(metrics, paths["metrics.json"])
+    print(res)
+    print("saved " + ", ".join(paths.values()))
+    return 0
+
+
+MODELS["diffusion"]["handler"] = _train_diffusion
 
 
 def _metrics(args, net, hist, res, ll, train, test, image_shape) -> dict:
@@ -387,10 +471,7 @@ def main(argv=None) -> int:
         plots.use_agg()
     parser = build_parser()
     try:
-        # parse_known_args so that `train hvae --any --options` reaches the "not yet" message.
-        args, extra = parser.parse_known_args(argv)
-        if extra and args.handler is not _planned:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version, or a usage error (argparse printed it)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     try:

@@ -22,6 +22,10 @@ STREAMS = {
     "validation": int(_core.STREAM_VALIDATION),
     "shuffle": int(_core.STREAM_SHUFFLE),
     "train_noise": int(_core.STREAM_TRAIN_NOISE),
+    "diffusion_elbo": int(_core.STREAM_DIFFUSION_ELBO),
+    "diffusion_chain": int(_core.STREAM_DIFFUSION_CHAIN),
+    "diffusion_val_time": int(_core.STREAM_DIFFUSION_VAL_TIME),
+    "diffusion_time": int(_core.STREAM_DIFFUSION_TIME),
 }
 
 

@@ -6,6 +6,8 @@
 // Backward functions accumulate (+=) into their gradient outputs except where they say "writes".
 #pragma once
 
+#include <limits>
+
 #include "elbokit/layers.hpp"
 
 namespace elbokit {
@@ -296,6 +298,76 @@ void kl_mc_backward(T* dmu, T* dlogvar, const double* coef, const T* z, const T*
         dmu[i] += c * z[r];
         dlogvar[i] += c * (T(-0.5) + z[r] * eps[r] * sigma[i] * T(0.5));
       }
+}
+
+// ---- Discretized Gaussian on 256 levels scaled to [−1, 1] (MATH.md §7, reconstruction term):
+// P(x_j) = Φ((x_j + δ − μ_j)/σ) − Φ((x_j − δ − μ_j)/σ), δ = 1/255, with the outer edges at ±∞
+// (x_j = −1: lower edge −∞; x_j = +1: upper edge +∞). One σ per row. Logs are computed stably
+// (log Φ by erfc and its asymptotic series; differences of Φ in the tail where both lie).
+
+constexpr double kBinHalfWidth = 1.0 / 255.0;
+
+// log Φ(z) for every real z (no underflow: the asymptotic series takes over below z = −20).
+inline double log_ndtr(double z) {
+  if (z >= 0) return std::log1p(-0.5 * std::erfc(z / std::sqrt(2.0)));
+  if (z > -20) return std::log(0.5 * std::erfc(-z / std::sqrt(2.0)));
+  const double r = 1.0 / (z * z);  // log Φ(z) = −z²/2 − log(−z) − ½ log 2π + log(1 − r + 3r² − 15r³ + 105r⁴)
+  return -0.5 * z * z - std::log(-z) - 0.5 * kLog2Pi + std::log1p(r * (-1.0 + r * (3.0 + r * (-15.0 + 105.0 * r))));
+}
+
+// log(1 − e^a) for a < 0 (Mächler 2012).
+inline double log1mexp(double a) { return a > -0.6931471805599453 ? std::log(-std::expm1(a)) : std::log1p(-std::exp(a)); }
+
+// log (Φ(hi) − Φ(lo)) for lo < hi (lo may be −∞, hi may be +∞), using the tail both lie in.
+inline double log_ndtr_diff(double lo, double hi) {
+  if (std::isinf(lo)) return log_ndtr(hi);
+  if (std::isinf(hi)) return log_ndtr(-lo);
+  if (lo >= 0) {  // upper tail: Φ(hi) − Φ(lo) = Φ(−lo) − Φ(−hi)
+    const double a = log_ndtr(-lo);
+    return a + log1mexp(log_ndtr(-hi) - a);
+  }
+  const double b = log_ndtr(hi);
+  return b + log1mexp(log_ndtr(lo) - b);
+}
+
+// The bin edges of level x in units of σ around μ.
+inline void discretized_edges(double x, double mu, double sd, double& lo, double& hi) {
+  constexpr double inf = std::numeric_limits<double>::infinity();
+  lo = x < -1.0 + 0.5 * kBinHalfWidth ? -inf : (x - kBinHalfWidth - mu) / sd;
+  hi = x > 1.0 - 0.5 * kBinHalfWidth ? inf : (x + kBinHalfWidth - mu) / sd;
+}
+
+// discretized_gaussian_logpmf_forward: logp (B) = Σ_j log P(x[b, j]; mean[b, j], sd[b]).
+template <class T>
+void discretized_gaussian_logpmf_forward(double* logp, const T* x, const T* mean, const double* sd, Index B, Index D) {
+#pragma omp parallel for schedule(static) if (B * D > 8192)
+  for (Index b = 0; b < B; ++b) {
+    double acc = 0, lo, hi;
+    for (Index j = 0; j < D; ++j) {
+      discretized_edges(double(x[b * D + j]), double(mean[b * D + j]), sd[b], lo, hi);
+      acc += log_ndtr_diff(lo, hi);
+    }
+    logp[b] = acc;
+  }
+}
+
+// discretized_gaussian_logpmf_backward: dmean (B,D) += coef[b] · ∂logp[b]/∂mean[b, j]
+//   = coef[b] · (φ(lo) − φ(hi)) / (σ P), with φ(±∞) = 0; coef (B) = ∂J/∂logp[b].
+template <class T>
+void discretized_gaussian_logpmf_backward(T* dmean, const double* coef, const T* x, const T* mean, const double* sd,
+                                          Index B, Index D) {
+#pragma omp parallel for schedule(static) if (B * D > 8192)
+  for (Index b = 0; b < B; ++b) {
+    if (coef[b] == 0) continue;
+    double lo, hi;
+    for (Index j = 0; j < D; ++j) {
+      discretized_edges(double(x[b * D + j]), double(mean[b * D + j]), sd[b], lo, hi);
+      const double lp = log_ndtr_diff(lo, hi);
+      const double plo = std::isinf(lo) ? 0.0 : std::exp(-0.5 * lo * lo - 0.5 * kLog2Pi - lp);
+      const double phi = std::isinf(hi) ? 0.0 : std::exp(-0.5 * hi * hi - 0.5 * kLog2Pi - lp);
+      dmean[b * D + j] += T(coef[b] * (plo - phi) / sd[b]);
+    }
+  }
 }
 
 }  // namespace elbokit

@@ -21,6 +21,10 @@ constexpr uint64_t kLogLikelihood = 2;   // importance samples of L_K: index (b 
 constexpr uint64_t kShuffle = 1ull << 32;  // + epoch
 constexpr uint64_t kTrainNoise = 1ull << 33;  // + global step
 constexpr uint64_t kValidation = 3;      // validation ELBO noise during fit
+constexpr uint64_t kDiffusionElbo = 4;   // diffusion ELBO, form B: ε of (example b, step t) at (b·T + t−1)·D + j
+constexpr uint64_t kDiffusionChain = 5;  // diffusion ELBO, form A: forward-chain noise, same indexing
+constexpr uint64_t kDiffusionValTime = 6;     // diffusion: the step t of each validation example
+constexpr uint64_t kDiffusionTime = 1ull << 34;  // + global step: diffusion training steps t
 }  // namespace streams
 
 using Philox4x32 = std::array<uint32_t, 4>;

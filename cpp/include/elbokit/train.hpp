@@ -6,11 +6,15 @@
 //     (grad accumulates ∂loss/∂θ, loss = −objective; noise from (seed, streams::kTrainNoise + step)),
 //   EvalResult evaluate(const T* x (N,D), Index N, const FitOptions&) and
 //   std::vector<Index> active_units(const T* x (N,D), Index N).
+// Optional hook, detected at compile time: void after_step(uint64_t step), called after each
+// optimizer step (for example to update an exponential moving average of the parameters).
 #pragma once
 
 #include <functional>
 #include <limits>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include <omp.h>
@@ -119,6 +123,11 @@ class FlushDenormals {
  private:
   std::vector<unsigned> saved_;
 };
+// has_after_step<Model>: whether the model provides the optional after_step(uint64_t) hook.
+template <class M, class = void>
+struct has_after_step : std::false_type {};
+template <class M>
+struct has_after_step<M, std::void_t<decltype(std::declval<M&>().after_step(uint64_t(0)))>> : std::true_type {};
 
 // β at global step t: KL warm-up rises linearly from 0 (MATH.md §2).
 inline double beta_at(const FitOptions& o, Index step) {
@@ -165,6 +174,7 @@ void fit(Model& model, const T* x, Index N, const T* xval, Index Nval, const Fit
       }
       if (o.clip_norm > 0) clip_grad_norm(grad.data(), P, o.clip_norm);
       opt.step(model.param_data(), grad.data());
+      if constexpr (has_after_step<Model>::value) model.after_step(uint64_t(step));
       hist.step_loss.push_back(r.loss);
       const double w = double(bs) / double(N);
       s_loss += w * r.loss;

@@ -1,0 +1,614 @@
+// diffusion.cpp: the diffusion model's schedule, ε-network (forward and hand-written backward),
+// losses, both ELBO decompositions and samplers (MATH.md §7). Shapes as in diffusion.hpp.
+#include "elbokit/diffusion.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+namespace elbokit {
+
+namespace {
+constexpr double kPi = 3.141592653589793;
+constexpr Index kChunkRows = 8192;  // network rows per pass in the full ELBO: bounds memory
+}  // namespace
+
+std::vector<double> schedule_betas(const std::string& kind, Index T) {
+  if (T < 2) fail("timesteps must be an integer >= 2, got " + std::to_string(T));
+  std::vector<double> b(static_cast<size_t>(T));
+  if (kind == "linear") {
+    // Ho et al. 2020: β from 1e-4 to 0.02 for T = 1000; other T scale both ends by 1000/T (as
+    // Nichol & Dhariwal's code does) so that q(x_T|x_0) stays ≈ N(0, I); clipped at 0.999.
+    const double scale = 1000.0 / double(T), lo = 1e-4 * scale, hi = 0.02 * scale;
+    for (Index t = 1; t <= T; ++t)
+      b[size_t(t - 1)] = std::min(0.999, lo + (hi - lo) * double(t - 1) / double(T - 1));
+  } else if (kind == "cosine") {
+    // MATH.md §7: ᾱ_t = f(t)/f(0), f(t) = cos²(((t/T + s)/(1 + s))·π/2), β_t = 1 − ᾱ_t/ᾱ_{t−1} ≤ 0.999
+    constexpr double s = 0.008;
+    auto f = [&](double t) {
+      const double c = std::cos((t / double(T) + s) / (1.0 + s) * kPi / 2);
+      return c * c;
+    };
+    for (Index t = 1; t <= T; ++t) b[size_t(t - 1)] = std::min(0.999, 1.0 - f(double(t)) / f(double(t - 1)));
+  } else {
+    fail("schedule must be one of 'linear', 'cosine' or an array of betas, got '" + kind + "'");
+  }
+  return b;
+}
+
+Schedule make_schedule(const std::vector<double>& betas) {
+  const Index T = Index(betas.size());
+  if (T < 2) fail("the schedule must have at least 2 steps (betas of length >= 2), got " + std::to_string(T));
+  Schedule s;
+  s.T = T;
+  s.betas.assign(size_t(T + 1), 0.0);
+  s.alphas.assign(size_t(T + 1), 1.0);
+  s.alphas_cumprod.assign(size_t(T + 1), 1.0);
+  s.posterior_variance.assign(size_t(T + 1), 0.0);
+  for (Index t = 1; t <= T; ++t) {
+    const double b = betas[size_t(t - 1)];
+    if (!(b > 0 && b < 1))
+      fail("betas must lie in the open interval (0, 1), got " + std::to_string(b) + " at step t = " + std::to_string(t));
+    s.betas[size_t(t)] = b;
+    s.alphas[size_t(t)] = 1.0 - b;                                          // α_t = 1 − β_t
+    s.alphas_cumprod[size_t(t)] = s.alphas_cumprod[size_t(t - 1)] * (1.0 - b);  // ᾱ_t = Π_{s≤t} α_s
+    // β̃_t = (1 − ᾱ_{t−1})/(1 − ᾱ_t)·β_t (MATH.md §7)
+    s.posterior_variance[size_t(t)] = (1.0 - s.alphas_cumprod[size_t(t - 1)]) / (1.0 - s.alphas_cumprod[size_t(t)]) * b;
+  }
+  return s;
+}
+
+LossKind loss_from_string(const std::string& s) {
+  if (s == "simple") return LossKind::Simple;
+  if (s == "elbo") return LossKind::Elbo;
+  if (s == "hybrid") return LossKind::Hybrid;
+  fail("loss must be one of 'simple', 'elbo', 'hybrid', got '" + s + "'");
+}
+
+template <class T>
+Diffusion<T>::Diffusion(const DiffusionConfig& cfg, uint64_t seed) : cfg_(cfg) {
+  if (cfg.x_dim <= 0) fail("x_dim must be a positive integer, got " + std::to_string(cfg.x_dim));
+  if (cfg.emb_dim <= 0 || cfg.emb_dim % 2)
+    fail("emb_dim must be a positive even integer, got " + std::to_string(cfg.emb_dim));
+  for (size_t i = 0; i < cfg.hidden.size(); ++i)
+    if (cfg.hidden[i] <= 0)
+      fail("hidden must hold positive layer widths, got " + std::to_string(cfg.hidden[i]) + " at position " +
+           std::to_string(i));
+  sch_ = make_schedule(cfg.betas);
+  if (cfg.prediction == "epsilon") pred_ = Prediction::Epsilon;
+  else if (cfg.prediction == "x0") pred_ = Prediction::X0;
+  else if (cfg.prediction == "v") pred_ = Prediction::V;
+  else fail("prediction must be one of 'epsilon', 'x0', 'v', got '" + cfg.prediction + "'");
+  if (cfg.variance == "small") var_ = VarianceKind::Small;
+  else if (cfg.variance == "large") var_ = VarianceKind::Large;
+  else fail("variance must be one of 'small', 'large', got '" + cfg.variance + "'");
+  if (cfg.data == "continuous") data_ = DataKind::Continuous;
+  else if (cfg.data == "discrete256") data_ = DataKind::Discrete256;
+  else fail("data must be one of 'continuous', 'discrete256', got '" + cfg.data + "'");
+  const Activation act = activation_from_string(cfg.activation);
+  trunk_ = make_trunk(layout_, "net", cfg.x_dim + cfg.emb_dim, cfg.hidden, act);
+  out_ = layout_.add_dense("net.out", trunk_.out_dim(), cfg.x_dim);
+  params_ = Vec<T>::Zero(layout_.total);
+  constexpr uint64_t kInitStream = 0x1217;  // as the VAE: torch.nn.Linear's default init
+  for (const Dense& d : trunk_.layers) init_dense(params_.data(), d, seed, kInitStream);
+  init_dense(params_.data(), out_, seed, kInitStream);
+}
+
+// σ_t²: "large" β_t; "small" β̃_t, except at t = 1 where β̃_1 = 0 (a point mass, no density):
+// there σ_1² = β̃_2, as Ho et al.'s code (posterior_log_variance_clipped) does.
+template <class T>
+double Diffusion<T>::sigma2(Index t) const {
+  if (var_ == VarianceKind::Large) return sch_.betas[size_t(t)];
+  return sch_.posterior_variance[size_t(t == 1 ? 2 : t)];
+}
+
+template <class T>
+void Diffusion<T>::check_t(const std::vector<Index>& t, Index B) const {
+  if (Index(t.size()) != B)
+    fail("t must have one step per row (" + std::to_string(B) + "), got " + std::to_string(t.size()));
+  for (size_t i = 0; i < t.size(); ++i)
+    if (t[i] < 1 || t[i] > sch_.T)
+      fail("t must hold steps in 1 … T = " + std::to_string(sch_.T) + ", got " + std::to_string(t[i]) +
+           " at position " + std::to_string(i));
+}
+
+template <class T>
+Mat<T> Diffusion<T>::q_sample(CMatRef<T> x0, const std::vector<Index>& t, CMatRef<T> eps) const {
+  check_cols("x0", x0.rows(), x0.cols(), cfg_.x_dim);
+  check_shape("eps", eps.rows(), eps.cols(), x0.rows(), cfg_.x_dim);
+  check_t(t, x0.rows());
+  Mat<T> xt(x0.rows(), cfg_.x_dim);
+  for (Index b = 0; b < x0.rows(); ++b) {  // x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε (MATH.md §7)
+    const double ab = sch_.alphas_cumprod[size_t(t[size_t(b)])];
+    xt.row(b) = T(std::sqrt(ab)) * x0.row(b) + T(std::sqrt(1.0 - ab)) * eps.row(b);
+  }
+  return xt;
+}
+
+template <class T>
+void Diffusion<T>::q_posterior(CMatRef<T> x0, CMatRef<T> xt, const std::vector<Index>& t, Mat<T>& mean,
+                               Vec<double>& var) const {
+  check_cols("x0", x0.rows(), x0.cols(), cfg_.x_dim);
+  check_shape("xt", xt.rows(), xt.cols(), x0.rows(), cfg_.x_dim);
+  check_t(t, x0.rows());
+  mean.resize(x0.rows(), cfg_.x_dim);
+  var.resize(x0.rows());
+  for (Index b = 0; b < x0.rows(); ++b) {
+    // μ̃_t = √ᾱ_{t−1} β_t/(1−ᾱ_t)·x_0 + √α_t (1−ᾱ_{t−1})/(1−ᾱ_t)·x_t, β̃_t (MATH.md §7)
+    const size_t s = size_t(t[size_t(b)]);
+    const double ab = sch_.alphas_cumprod[s], abp = sch_.alphas_cumprod[s - 1], beta = sch_.betas[s];
+    const double c0 = std::sqrt(abp) * beta / (1.0 - ab), ct = std::sqrt(sch_.alphas[s]) * (1.0 - abp) / (1.0 - ab);
+    mean.row(b) = T(c0) * x0.row(b) + T(ct) * xt.row(b);
+    var[b] = sch_.posterior_variance[s];
+  }
+}
+
+// ---- The ε-network: input (B, D + E) = concat(x_t, emb(t)), trunk, linear head, then ε̂.
+template <class T>
+void Diffusion<T>::net_forward(const T* xt, const Index* t, Index B, Work& w) {
+  const Index D = cfg_.x_dim, E = cfg_.emb_dim, half = E / 2;
+  w.inp.resize(B, D + E);
+  const double lnmax = std::log(10000.0);
+#pragma omp parallel for schedule(static) if (B * E > 32768)
+  for (Index b = 0; b < B; ++b) {
+    T* row = w.inp.data() + b * (D + E);
+    std::copy(xt + b * D, xt + (b + 1) * D, row);
+    const double tt = double(t[b]);
+    for (Index k = 0; k < half; ++k) {  // emb(t)_k = sin(t f_k), emb(t)_{half+k} = cos(t f_k)
+      const double f = half > 1 ? std::exp(-lnmax * double(k) / double(half - 1)) : 1.0;
+      row[D + k] = T(std::sin(tt * f));
+      row[D + half + k] = T(std::cos(tt * f));
+    }
+  }
+  const T* p = params_.data();
+  const T* h = trunk_.forward(p, w.inp.data(), B, w.net);  // (B, H)
+  w.out.resize(B, D);
+  linear_forward(w.out.data(), h, p + out_.w, p + out_.b, B, out_.in, out_.out);
+  w.eps_hat.resize(B, D);
+  for (Index b = 0; b < B; ++b) {  // ε̂ = a_t x_t + b_t out (the prediction's reparameterization)
+    const double ab = sch_.alphas_cumprod[size_t(t[b])], s1 = std::sqrt(1.0 - ab), s = std::sqrt(ab);
+    const T a = T(pred_ == Prediction::Epsilon ? 0.0 : pred_ == Prediction::X0 ? 1.0 / s1 : s1);
+    const T c = T(pred_ == Prediction::Epsilon ? 1.0 : pred_ == Prediction::X0 ? -s / s1 : s);
+    for (Index j = 0; j < D; ++j) w.eps_hat(b, j) = a * xt[b * D + j] + c * w.out(b, j);
+  }
+}
+
+// net_backward: given w.deps (B, D) = ∂J/∂ε̂: dout = b_t·deps, then the head and the trunk.
+template <class T>
+void Diffusion<T>::net_backward(Index B, Work& w, T* grad) {
+  const Index D = cfg_.x_dim;
+  w.dout.resize(B, D);
+  for (Index b = 0; b < B; ++b) {
+    const double ab = sch_.alphas_cumprod[size_t(w.t[size_t(b)])];
+    const T c = T(pred_ == Prediction::Epsilon ? 1.0 : pred_ == Prediction::X0 ? -std::sqrt(ab / (1.0 - ab)) : std::sqrt(ab));
+    w.dout.row(b) = c * w.deps.row(b);
+  }
+  const T* p = params_.data();
+  if (trunk_.layers.empty()) {
+    linear_backward<T>(nullptr, grad + out_.w, grad + out_.b, w.dout.data(), w.inp.data(), p + out_.w, B, out_.in,
+                       out_.out);
+    return;
+  }
+  w.dh.setZero(B, out_.in);
+  linear_backward(w.dh.data(), grad + out_.w, grad + out_.b, w.dout.data(), w.net.post.back().data(), p + out_.w, B,
+                  out_.in, out_.out);
+  trunk_.backward<T>(p, grad, w.inp.data(), B, w.net, w.dh.data(), nullptr);
+}
+
+template <class T>
+void Diffusion<T>::mean_from_eps(const T* xt, const T* eps_hat, const Index* t, Index B, T* mean) const {
+  const Index D = cfg_.x_dim;
+  for (Index b = 0; b < B; ++b) {  // μ_θ = (x_t − β_t/√(1−ᾱ_t)·ε̂)/√α_t (MATH.md §7)
+    const size_t s = size_t(t[b]);
+    const double c = sch_.betas[s] / std::sqrt(1.0 - sch_.alphas_cumprod[s]), r = 1.0 / std::sqrt(sch_.alphas[s]);
+    for (Index j = 0; j < D; ++j) mean[b * D + j] = T(r * (double(xt[b * D + j]) - c * double(eps_hat[b * D + j])));
+  }
+}
+
+// recon_nll: −log p_θ(x_0|x_1) (B) given x_1 and ε̂(x_1, 1) (B, D): a Gaussian N(μ_θ, σ_1² I) for
+// continuous data, the discretized Gaussian for discrete256 (MATH.md §7). Leaves μ_θ in mean.
+template <class T>
+void Diffusion<T>::recon_nll(const T* x0, const T* x1, const T* eps_hat, Index B, double* out, Mat<T>& mean) const {
+  const Index D = cfg_.x_dim;
+  const std::vector<Index> ones(size_t(B), 1);
+  mean.resize(B, D);
+  mean_from_eps(x1, eps_hat, ones.data(), B, mean.data());
+  const double s2 = sigma2(1);
+  if (data_ == DataKind::Discrete256) {
+    const std::vector<double> sd(size_t(B), std::sqrt(s2));
+    discretized_gaussian_logpmf_forward(out, x0, mean.data(), sd.data(), B, D);
+    for (Index b = 0; b < B; ++b) out[b] = -out[b];
+    return;
+  }
+  for (Index b = 0; b < B; ++b) {
+    double acc = 0;
+    for (Index j = 0; j < D; ++j) {
+      const double e = double(x0[b * D + j]) - double(mean(b, j));
+      acc += e * e;
+    }
+    out[b] = 0.5 * double(D) * (kLog2Pi + std::log(s2)) + acc / (2.0 * s2);
+  }
+}
+
+// KL(q(x_T|x_0) ‖ N(0, I)) = ½ Σ_j [ᾱ_T x_0² + (1 − ᾱ_T) − 1 − log(1 − ᾱ_T)] (MATH.md §1, §7)
+template <class T>
+double Diffusion<T>::prior_kl(const T* x0) const {
+  const double ab = sch_.alphas_cumprod[size_t(sch_.T)];
+  double acc = 0;
+  for (Index j = 0; j < cfg_.x_dim; ++j) acc += ab * double(x0[j]) * double(x0[j]);
+  return 0.5 * (acc + double(cfg_.x_dim) * (-ab - std::log1p(-ab)));
+}
+
+// The step KL (MATH.md §7) with shared variance: w_t‖ε − ε̂‖² + c_t,
+// w_t = β_t²/(2σ_t² α_t (1−ᾱ_t)), c_t = (D/2)(β̃_t/σ_t² − 1 − log(β̃_t/σ_t²)); at t = 1 (continuous)
+// −log N(x_0; μ_θ, σ_1²) = w_1‖ε − ε̂‖² + (D/2) log 2πσ_1², since μ_θ − x_0 = √(β_1/α_1)(ε − ε̂).
+template <class T>
+LossTerms Diffusion<T>::loss(CMatRef<T> x0, const std::vector<Index>& t, CMatRef<T> eps, LossKind kind) {
+  LossTerms terms;
+  loss_grad(x0, t, eps, kind, 0.0, nullptr, &terms);
+  return terms;
+}
+
+template <class T>
+double Diffusion<T>::loss_grad(CMatRef<T> x0, const std::vector<Index>& t, CMatRef<T> eps, LossKind kind,
+                               double scale, T* grad, LossTerms* terms) {
+  check_cols("x", x0.rows(), x0.cols(), cfg_.x_dim);
+  const Index B = x0.rows(), D = cfg_.x_dim;
+  check_shape("eps", eps.rows(), eps.cols(), B, D);
+  check_t(t, B);
+  std::lock_guard<std::mutex> lock(mutex_);
+  Work& w = work_;
+  w.t = t;
+  // 1. x_t ~ q(x_t|x_0) and the network's ε̂
+  w.xt.resize(B, D);
+  for (Index b = 0; b < B; ++b) {
+    const double ab = sch_.alphas_cumprod[size_t(t[size_t(b)])];
+    w.xt.row(b) = T(std::sqrt(ab)) * x0.row(b) + T(std::sqrt(1.0 - ab)) * eps.row(b);
+  }
+  net_forward(w.xt.data(), t.data(), B, w);
+  // 2. per-example terms, in double
+  LossTerms r;
+  r.sq.resize(B);
+  r.step.resize(B);
+  r.prior.resize(B);
+  r.loss.resize(B);
+  const double Tn = double(sch_.T);
+  const bool discrete = data_ == DataKind::Discrete256;
+  std::vector<double> wsq(static_cast<size_t>(B));  // w_t of each row (0 for a discrete t = 1 row)
+  w.mean.resize(B, D);
+  mean_from_eps(w.xt.data(), w.eps_hat.data(), t.data(), B, w.mean.data());
+  for (Index b = 0; b < B; ++b) {
+    const size_t s = size_t(t[size_t(b)]);
+    double sq = 0;
+    for (Index j = 0; j < D; ++j) {
+      const double e = double(eps(b, j)) - double(w.eps_hat(b, j));
+      sq += e * e;
+    }
+    r.sq[b] = sq;
+    const double s2 = sigma2(Index(s)), beta = sch_.betas[s];
+    const double wt = beta * beta / (2.0 * s2 * sch_.alphas[s] * (1.0 - sch_.alphas_cumprod[s]));
+    if (s == 1) {
+      if (discrete) {
+        const double sd = std::sqrt(s2);
+        double lp;
+        discretized_gaussian_logpmf_forward(&lp, x0.data() + b * D, w.mean.data() + b * D, &sd, 1, D);
+        r.step[b] = -lp;
+        wsq[size_t(b)] = 0;
+      } else {
+        r.step[b] = wt * sq + 0.5 * double(D) * (kLog2Pi + std::log(s2));
+        wsq[size_t(b)] = wt;
+      }
+    } else {
+      const double ratio = sch_.posterior_variance[s] / s2;
+      r.step[b] = wt * sq + 0.5 * double(D) * (ratio - 1.0 - std::log(ratio));
+      wsq[size_t(b)] = wt;
+    }
+    r.prior[b] = prior_kl(x0.data() + b * D);
+    const double elbo_loss = r.prior[b] + Tn * r.step[b];
+    r.loss[b] = kind == LossKind::Simple ? sq : kind == LossKind::Elbo ? elbo_loss : sq + kHybridLambda * elbo_loss;
+  }
+  const double J = r.loss.mean();
+  // 3. backward: ∂J/∂ε̂ = Σ (coefficient of ‖ε − ε̂‖²)·2(ε̂ − ε) + the discretized term's part
+  if (grad) {
+    const double ce = kind == LossKind::Simple ? 0.0 : kind == LossKind::Elbo ? Tn : kHybridLambda * Tn;
+    const double cs = kind == LossKind::Elbo ? 0.0 : 1.0;
+    w.deps.resize(B, D);
+    std::vector<double> coef_lp(static_cast<size_t>(B), 0.0);
+    for (Index b = 0; b < B; ++b) {
+      const double c = scale / double(B) * (cs + ce * wsq[size_t(b)]);
+      for (Index j = 0; j < D; ++j) w.deps(b, j) = T(2.0 * c * (double(w.eps_hat(b, j)) - double(eps(b, j))));
+      if (discrete && t[size_t(b)] == 1) coef_lp[size_t(b)] = -scale / double(B) * ce;  // ∂J/∂log p(x_0|x_1)
+    }
+    if (discrete && ce != 0) {
+      // through μ_θ = (x_1 − β_1/√(1−ᾱ_1)·ε̂)/√α_1: ∂μ/∂ε̂ = −β_1/(√(1−ᾱ_1)√α_1)
+      Mat<T> dmean = Mat<T>::Zero(B, D);
+      const std::vector<double> sd(size_t(B), std::sqrt(sigma2(1)));
+      discretized_gaussian_logpmf_backward(dmean.data(), coef_lp.data(), x0.data(), w.mean.data(), sd.data(), B, D);
+      const T k = T(-sch_.betas[1] / (std::sqrt(1.0 - sch_.alphas_cumprod[1]) * std::sqrt(sch_.alphas[1])));
+      for (Index b = 0; b < B; ++b)
+        if (t[size_t(b)] == 1) w.deps.row(b) += k * dmean.row(b);
+    }
+    net_backward(B, w, grad);
+  }
+  if (terms) *terms = std::move(r);
+  return J;
+}
+
+// ---- Decomposition B (MATH.md §7): every step of every example; rows p = b·T + (t − 1).
+template <class T>
+DiffusionElboTerms Diffusion<T>::elbo_denoising(CMatRef<T> x0, uint64_t seed) {
+  check_cols("x", x0.rows(), x0.cols(), cfg_.x_dim);
+  std::lock_guard<std::mutex> lock(mutex_);
+  const Index N = x0.rows(), D = cfg_.x_dim, Tn = sch_.T;
+  DiffusionElboTerms out;
+  out.reconstruction.resize(N);
+  out.prior.resize(N);
+  out.steps = Mat<double>::Zero(N, Tn);
+  for (Index b = 0; b < N; ++b) out.prior[b] = prior_kl(x0.data() + b * D);
+  Work& w = work_;
+  Mat<T> eps, mean;
+  std::vector<Index> tt;
+  std::vector<double> nll;
+  const Index total = N * Tn;
+  for (Index p0 = 0; p0 < total; p0 += kChunkRows) {
+    const Index R = std::min(kChunkRows, total - p0);
+    eps.resize(R, D);
+    w.xt.resize(R, D);
+    tt.resize(size_t(R));
+#pragma omp parallel for schedule(static) if (R * D > 4096)
+    for (Index r = 0; r < R; ++r) {
+      const Index p = p0 + r, b = p / Tn, t = p % Tn + 1;
+      tt[size_t(r)] = t;
+      const double ab = sch_.alphas_cumprod[size_t(t)];
+      for (Index j = 0; j < D; ++j) {
+        const T e = T(normal_at(seed, streams::kDiffusionElbo, uint64_t(p) * uint64_t(D) + uint64_t(j)));
+        eps(r, j) = e;
+        w.xt(r, j) = T(std::sqrt(ab)) * x0(b, j) + T(std::sqrt(1.0 - ab)) * e;
+      }
+    }
+    net_forward(w.xt.data(), tt.data(), R, w);
+    for (Index r = 0; r < R; ++r) {
+      const Index p = p0 + r, b = p / Tn, t = tt[size_t(r)];
+      if (t == 1) {
+        double v;
+        recon_nll(x0.data() + b * D, w.xt.data() + r * D, w.eps_hat.data() + r * D, 1, &v, mean);
+        out.reconstruction[b] = -v;
+        continue;
+      }
+      double sq = 0;
+      for (Index j = 0; j < D; ++j) {
+        const double e = double(eps(r, j)) - double(w.eps_hat(r, j));
+        sq += e * e;
+      }
+      const size_t s = size_t(t);
+      const double s2 = sigma2(t), beta = sch_.betas[s], ratio = sch_.posterior_variance[s] / s2;
+      const double wt = beta * beta / (2.0 * s2 * sch_.alphas[s] * (1.0 - sch_.alphas_cumprod[s]));
+      out.steps(b, t - 1) = wt * sq + 0.5 * double(D) * (ratio - 1.0 - std::log(ratio));
+    }
+  }
+  return out;
+}
+
+// ---- Decomposition A (the consistency form, MATH.md §6 applied to §7): one forward chain per
+// example, x_t = √α_t x_{t−1} + √β_t z_t. The level-t term is E[log q(x_t|x_{t−1}) − log p_θ(x_t|x_{t+1})]
+// at the chain's joint sample of (x_{t−1}, x_t, x_{t+1}); the log q part is replaced by its exact
+// expectation −(D/2)(1 + log 2πβ_t) (Rao-Blackwell), the log p part is one Monte-Carlo draw. The
+// expectation of KL(q(x_t|x_{t−1}) ‖ p_θ(x_t|x_{t+1})) over q(x_{t−1}, x_{t+1}|x_0) written in MATH.md
+// is not this: it treats x_t as independent of x_{t+1}, which it is not (see the report).
+// The top term KL(q(x_T|x_{T−1}) ‖ N(0, I)) is analytic given x_{T−1}.
+template <class T>
+DiffusionElboTerms Diffusion<T>::elbo_consistency(CMatRef<T> x0, uint64_t seed) {
+  check_cols("x", x0.rows(), x0.cols(), cfg_.x_dim);
+  std::lock_guard<std::mutex> lock(mutex_);
+  const Index N = x0.rows(), D = cfg_.x_dim, Tn = sch_.T;
+  DiffusionElboTerms out;
+  out.reconstruction.resize(N);
+  out.prior.resize(N);
+  out.steps = Mat<double>::Zero(N, Tn);
+  Work& w = work_;
+  Mat<T> chain, mean, mu;  // chain (bc·T, D): row b·T + (t − 1) holds x_t of example b0 + b
+  std::vector<Index> tt;
+  const Index per = std::max<Index>(1, kChunkRows / Tn);
+  for (Index b0 = 0; b0 < N; b0 += per) {
+    const Index bc = std::min(per, N - b0), R = bc * Tn;
+    chain.resize(R, D);
+    tt.resize(size_t(R));
+#pragma omp parallel for schedule(static) if (R * D > 4096)
+    for (Index b = 0; b < bc; ++b) {
+      for (Index t = 1; t <= Tn; ++t) {
+        const Index r = b * Tn + t - 1;
+        tt[size_t(r)] = t;
+        const double sa = std::sqrt(sch_.alphas[size_t(t)]), sb = std::sqrt(sch_.betas[size_t(t)]);
+        for (Index j = 0; j < D; ++j) {
+          const double prev = t == 1 ? double(x0(b0 + b, j)) : double(chain(r - 1, j));
+          const uint64_t idx = (uint64_t(b0 + b) * uint64_t(Tn) + uint64_t(t - 1)) * uint64_t(D) + uint64_t(j);
+          chain(r, j) = T(sa * prev + sb * normal_at(seed, streams::kDiffusionChain, idx));
+        }
+      }
+    }
+    net_forward(chain.data(), tt.data(), R, w);
+    mu.resize(R, D);
+    mean_from_eps(chain.data(), w.eps_hat.data(), tt.data(), R, mu.data());
+    for (Index b = 0; b < bc; ++b) {
+      const Index r1 = b * Tn;
+      double v;
+      recon_nll(x0.data() + (b0 + b) * D, chain.data() + r1 * D, w.eps_hat.data() + r1 * D, 1, &v, mean);
+      out.reconstruction[b0 + b] = -v;
+      for (Index t = 1; t < Tn; ++t) {
+        // −(D/2)(1 + log 2πβ_t) + (D/2) log 2πσ²_{t+1} + ‖x_t − μ_θ(x_{t+1}, t+1)‖²/(2σ²_{t+1})
+        const double s2 = sigma2(t + 1);
+        double sq = 0;
+        for (Index j = 0; j < D; ++j) {
+          const double e = double(chain(r1 + t - 1, j)) - double(mu(r1 + t, j));
+          sq += e * e;
+        }
+        out.steps(b0 + b, t - 1) = 0.5 * double(D) * (std::log(s2) - 1.0 - std::log(sch_.betas[size_t(t)])) + sq / (2.0 * s2);
+      }
+      // KL(N(√α_T x_{T−1}, β_T) ‖ N(0, 1)) = ½ Σ_j [α_T x_{T−1}² + β_T − 1 − log β_T]
+      const double aT = sch_.alphas[size_t(Tn)], bT = sch_.betas[size_t(Tn)];
+      double acc = 0;
+      for (Index j = 0; j < D; ++j) acc += aT * double(chain(r1 + Tn - 2, j)) * double(chain(r1 + Tn - 2, j));
+      out.prior[b0 + b] = 0.5 * (acc + double(D) * (bT - 1.0 - std::log(bT)));
+    }
+  }
+  return out;
+}
+
+template <class T>
+void Diffusion<T>::p_mean_variance(CMatRef<T> xt, const std::vector<Index>& t, Mat<T>& mean, Vec<double>& var,
+                                   Mat<T>& eps_hat, Mat<T>& x0_hat) {
+  check_cols("xt", xt.rows(), xt.cols(), cfg_.x_dim);
+  check_t(t, xt.rows());
+  std::lock_guard<std::mutex> lock(mutex_);
+  const Index B = xt.rows(), D = cfg_.x_dim;
+  net_forward(xt.data(), t.data(), B, work_);
+  eps_hat = work_.eps_hat;
+  mean.resize(B, D);
+  mean_from_eps(xt.data(), eps_hat.data(), t.data(), B, mean.data());
+  var.resize(B);
+  x0_hat.resize(B, D);
+  for (Index b = 0; b < B; ++b) {  // x̂_0 = (x_t − √(1−ᾱ_t) ε̂)/√ᾱ_t
+    const double ab = sch_.alphas_cumprod[size_t(t[size_t(b)])];
+    var[b] = sigma2(t[size_t(b)]);
+    x0_hat.row(b) = (xt.row(b) - T(std::sqrt(1.0 - ab)) * eps_hat.row(b)) / T(std::sqrt(ab));
+  }
+}
+
+// ---- Sampling (MATH.md §7): all n points go through the network together at each step.
+template <class T>
+Mat<T> Diffusion<T>::sample(Index n, const std::string& method, Index steps, double eta, uint64_t seed, Mat<T>* traj,
+                            std::vector<Index>* times) {
+  if (n <= 0) fail("n must be a positive integer, got " + std::to_string(n));
+  const Index D = cfg_.x_dim, Tn = sch_.T;
+  std::vector<Index> tau;  // the steps visited, ascending
+  if (method == "ddpm") {
+    if (steps != 0 && steps != Tn)
+      fail("steps must be None (all T = " + std::to_string(Tn) + " steps) for method 'ddpm', got " +
+           std::to_string(steps) + " (use method 'ddim' for fewer steps)");
+    for (Index t = 1; t <= Tn; ++t) tau.push_back(t);
+  } else if (method == "ddim") {
+    const Index S = steps == 0 ? Tn : steps;
+    if (S < 1 || S > Tn) fail("steps must be an integer in 1 … T = " + std::to_string(Tn) + ", got " + std::to_string(S));
+    if (!(eta >= 0) || !std::isfinite(eta)) fail("eta must be a finite number >= 0, got " + std::to_string(eta));
+    for (Index k = 0; k < S; ++k)
+      tau.push_back(S == 1 ? Tn : Index(std::llround(1.0 + double(k) * double(Tn - 1) / double(S - 1))));
+  } else {
+    fail("method must be one of 'ddpm', 'ddim', got '" + method + "'");
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  const Index S = Index(tau.size());
+  Mat<T> x(n, D);
+  fill_normal(x.data(), n * D, seed, streams::kSample, 0);  // x_T ~ N(0, I)
+  if (traj) {
+    traj->resize((S + 1) * n, D);
+    traj->topRows(n) = x;
+  }
+  if (times) {
+    times->assign(1, tau.back());
+  }
+  Work& w = work_;
+  std::vector<Index> tv(static_cast<size_t>(n));
+  Mat<T> z(n, D), mean(n, D);
+  for (Index k = 1; k <= S; ++k) {
+    const Index t = tau[size_t(S - k)], s = S - k - 1 >= 0 ? tau[size_t(S - k - 1)] : 0;
+    std::fill(tv.begin(), tv.end(), t);
+    net_forward(x.data(), tv.data(), n, w);
+    if (s > 0) fill_normal(z.data(), n * D, seed, streams::kSample, uint64_t(k) * uint64_t(n) * uint64_t(D));
+    if (method == "ddpm") {
+      // x_{t−1} = μ_θ(x_t, t) + σ_t z, no noise at the last step
+      mean_from_eps(x.data(), w.eps_hat.data(), tv.data(), n, mean.data());
+      const T sd = T(s > 0 ? std::sqrt(sigma2(t)) : 0.0);
+      x = mean + sd * z;
+      if (s == 0) x = mean;
+    } else {
+      // DDIM (Song et al. 2021, eq. 12): x_s = √ᾱ_s x̂_0 + √(1 − ᾱ_s − σ²) ε̂ + σ z,
+      // σ = η √((1 − ᾱ_s)/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_s)
+      const double at = sch_.alphas_cumprod[size_t(t)], as = sch_.alphas_cumprod[size_t(s)];
+      const double sig = eta * std::sqrt((1.0 - as) / (1.0 - at) * (1.0 - at / as));
+      const T c0 = T(std::sqrt(as) / std::sqrt(at)), ce = T(std::sqrt(std::max(0.0, 1.0 - as - sig * sig)) -
+                                                            std::sqrt(as) * std::sqrt(1.0 - at) / std::sqrt(at));
+      Mat<T> nx = c0 * x + ce * w.eps_hat;
+      if (s > 0 && sig > 0) nx += T(sig) * z;
+      x = std::move(nx);
+    }
+    if (traj) traj->middleRows(k * n, n) = x;
+    if (times) times->push_back(s);
+  }
+  return x;
+}
+
+// ---- EMA and the training-loop interface.
+template <class T>
+void Diffusion<T>::ema_begin(double decay) {
+  if (!(decay >= 0 && decay < 1)) fail("ema must be in [0, 1), got " + std::to_string(decay));
+  ema_ = params_;
+  ema_decay_ = decay;
+  ema_steps_ = 0;
+}
+
+template <class T>
+void Diffusion<T>::ema_end(bool swap) {
+  if (swap && ema_.size() == params_.size()) params_.swap(ema_);
+  ema_decay_ = 0;
+}
+
+template <class T>
+void Diffusion<T>::after_step(uint64_t) {
+  if (ema_decay_ <= 0 || ema_.size() != params_.size()) return;
+  const double d = std::min(ema_decay_, (1.0 + double(ema_steps_)) / (10.0 + double(ema_steps_)));
+  ++ema_steps_;
+  const T dt = T(d), dc = T(1.0 - d);
+  const Index P = params_.size();
+  for (Index i = 0; i < P; ++i) ema_[i] = dt * ema_[i] + dc * params_[i];
+}
+
+// train_step: t_b = 1 + ⌊T·u_b⌋, u_b = uniform_at(seed, kDiffusionTime + step, b); ε (B, D) from
+// (seed, kTrainNoise + step) at b·D + j. Reports unbiased estimates of the ELBO's terms.
+template <class T>
+StepResult Diffusion<T>::train_step(const T* x, Index B, const FitOptions& o, uint64_t step, double, T* grad) {
+  const Index D = cfg_.x_dim, Tn = sch_.T;
+  std::vector<Index> t(static_cast<size_t>(B));
+  for (Index b = 0; b < B; ++b)
+    t[size_t(b)] = std::min(Tn, 1 + Index(double(Tn) * uniform_at(o.seed, streams::kDiffusionTime + step, uint64_t(b))));
+  Mat<T> eps(B, D);
+  fill_normal(eps.data(), B * D, o.seed, streams::kTrainNoise + step);
+  LossTerms lt;
+  const double J = loss_grad(CMatMap<T>(x, B, D), t, eps, train_loss_, 1.0, grad, &lt);
+  StepResult r;
+  r.loss = J;
+  double rec = 0, kl = 0;
+  for (Index b = 0; b < B; ++b) {
+    kl += lt.prior[b];
+    if (t[size_t(b)] == 1) rec -= double(Tn) * lt.step[b];
+    else kl += double(Tn) * lt.step[b];
+  }
+  r.reconstruction = rec / double(B);
+  r.kl = kl / double(B);
+  r.elbo = r.reconstruction - r.kl;
+  return r;
+}
+
+// evaluate: per example one reconstruction draw (t = 1) and one step t ~ U{2 … T} (from
+// (seed, kDiffusionValTime) at b), noise from (seed, kValidation): an unbiased ELBO estimate whose
+// draws are the same at every epoch.
+template <class T>
+EvalResult Diffusion<T>::evaluate(const T* x, Index N, const FitOptions& o) {
+  const Index D = cfg_.x_dim, Tn = sch_.T;
+  Mat<T> x2(2 * N, D), eps(2 * N, D);
+  x2.topRows(N) = CMatMap<T>(x, N, D);
+  x2.bottomRows(N) = CMatMap<T>(x, N, D);
+  fill_normal(eps.data(), 2 * N * D, o.seed, streams::kValidation);
+  std::vector<Index> t(size_t(2 * N), 1);
+  for (Index b = 0; b < N; ++b)
+    t[size_t(N + b)] = std::min(Tn, 2 + Index(double(Tn - 1) * uniform_at(o.seed, streams::kDiffusionValTime, uint64_t(b))));
+  const LossTerms lt = loss(x2, t, eps, LossKind::Elbo);
+  EvalResult r;
+  r.reconstruction = -lt.step.head(N).mean();
+  r.kl = lt.prior.head(N).mean() + double(Tn - 1) * lt.step.tail(N).mean();
+  r.elbo = r.reconstruction - r.kl;
+  return r;
+}
+
+template class Diffusion<float>;
+template class Diffusion<double>;
+
+}  // namespace elbokit
