@@ -15,4 +15,7 @@ PYBIND11_MODULE(_core, m) {
   }, py::arg("n"), "Sets the number of OpenMP threads; results do not depend on it.");
   elbokit_py::bind_rng(m);
   elbokit_py::bind_vae(m);
+  elbokit_py::bind_flows(m);
+  elbokit_py::bind_autoencoder(m);
+  elbokit_py::bind_surgery(m);
 }
