@@ -12,6 +12,10 @@ from . import _core, datasets, random
 from .io import load
 from .results import ElboResult, History, mean_stderr
 from .vae import VAE
+from . import estimators, exact, flows, kl
+from .autoencoder import Autoencoder
+from .flows import Flow
+from .surgery import SurgeryResult, surgery
 
 __version__ = "0.1.0"
 
@@ -26,4 +30,5 @@ def get_num_threads() -> int:
 
 
 __all__ = ["VAE", "ElboResult", "History", "load", "datasets", "random", "mean_stderr",
-           "set_num_threads", "get_num_threads", "__version__"]
+           "set_num_threads", "get_num_threads", "__version__",
+           "exact", "kl", "estimators", "surgery", "SurgeryResult", "flows", "Flow", "Autoencoder"]
