@@ -36,6 +36,7 @@ class TestFunction:
     df: object
     value: object = None
     grad: object = None
+    dim: int | None = None  # the dimension f is defined on, when fixed
 
 
 def quadratic(target) -> TestFunction:
@@ -43,7 +44,7 @@ def quadratic(target) -> TestFunction:
     c = as_array("target", target, np.float64, ndim=1)
     return TestFunction(f=lambda z: ((z - c) ** 2).sum(axis=-1), df=lambda z: 2.0 * (z - c),
                         value=lambda mu, lv: float(((mu - c) ** 2 + np.exp(lv)).sum()),
-                        grad=lambda mu, lv: (2.0 * (mu - c), np.exp(lv)))
+                        grad=lambda mu, lv: (2.0 * (mu - c), np.exp(lv)), dim=c.shape[0])
 
 
 def exponential(a) -> TestFunction:
@@ -54,7 +55,8 @@ def exponential(a) -> TestFunction:
         return float(np.exp(a @ mu + 0.5 * (a * a * np.exp(lv)).sum()))
 
     return TestFunction(f=lambda z: np.exp(z @ a), df=lambda z: np.exp(z @ a)[..., None] * a, value=value,
-                        grad=lambda mu, lv: (a * value(mu, lv), 0.5 * a * a * np.exp(lv) * value(mu, lv)))
+                        grad=lambda mu, lv: (a * value(mu, lv), 0.5 * a * a * np.exp(lv) * value(mu, lv)),
+                        dim=a.shape[0])
 
 
 def _q(mu, logvar):
@@ -116,6 +118,8 @@ def compare(fn: TestFunction, mu, logvar, n_samples: int = 1, n_repeats: int = 1
     """Both estimators n_repeats times with n_samples samples each, on the same noise
     (``ek.random.normal((n_repeats, n_samples, Z), seed)``)."""
     mu, lv = _q(mu, logvar)
+    if fn.dim is not None and fn.dim != mu.shape[0]:
+        raise ValueError(f"fn is defined on {fn.dim} dimensions, but mu has {mu.shape[0]}")
     S, R = check_int("n_samples", n_samples, 1), check_int("n_repeats", n_repeats, 2)
     eps = _random.normal((R, S, mu.shape[0]), seed=check_int("seed", seed, 0))
     rm, rl = reparam_gradient(fn.df, mu, lv, eps)
