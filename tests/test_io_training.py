@@ -93,3 +93,27 @@ def test_clip_norm_bounds_the_first_update():
     vae.fit(train[:50], epochs=1, batch_size=50, lr=0.1, optimizer="sgd", momentum=0.0, clip_norm=0.5, progress=False)
     p1 = np.concatenate([a.ravel() for a in vae.parameters().values()])
     assert np.linalg.norm(p1 - p0) == pytest.approx(0.05, rel=1e-3)
+
+
+def test_active_units_and_decoder_variance():
+    train, test = ek.datasets.digits()
+    vae = ek.VAE(64, 6, hidden=(32,), seed=0)
+    hist = vae.fit(train, epochs=3, batch_size=50, validation=test, progress=False)
+    assert vae.active_units(test) == hist["active_units"][-1, 0]
+    mu, _ = vae.encode(test)
+    assert vae.active_units(test) == int((mu.astype(np.float64).var(axis=0) > 0.01).sum())
+    g = ek.VAE(4, 2, likelihood="gaussian", dtype="float64", seed=0)
+    p = g.parameters()
+    p["decoder.logvar"] = np.array([0.0, 1.0, -12.0, 11.0])
+    g.set_parameters(p)
+    assert np.allclose(g.decoder_variance(), np.exp([0.0, 1.0, -10.0, 10.0]))
+    with pytest.raises(ValueError, match="decoder_variance needs likelihood='gaussian'"):
+        vae.decoder_variance()
+
+
+def test_saved_files_get_ordinary_permissions(tmp_path):
+    path = tmp_path / "m.elbokit"
+    ek.VAE(3, 1, seed=0).save(path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (path.stat().st_mode & 0o777) == (0o666 & ~umask)

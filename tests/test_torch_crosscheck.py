@@ -13,7 +13,7 @@ import torch
 import elbokit as ek
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from torch_reference import TorchVAE, as_tensor, train_like_elbokit  # noqa: E402
+from torch_reference import TorchVAE, train_like_elbokit  # noqa: E402
 
 TERMS = ("elbo", "reconstruction", "kl", "kl_per_dim")
 
@@ -38,6 +38,15 @@ CASES = [
     dict(hidden=(16,), activation="relu", likelihood="bernoulli", decoder_var="learned",
          kl="analytic", S=3, x_dim=10, z_dim=4, n=9),
 ]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """The reference's ops are tiny: one intra-op thread is fastest (restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def case_id(c):
@@ -144,6 +153,24 @@ def test_gradients_match_torch_autograd(case):
         assert_close(getattr(r, name), exp.numpy(), 1e-10, 1e-10, name)
 
 
+@pytest.mark.parametrize("case", [CASES[2], CASES[4], CASES[6]], ids=case_id)
+def test_objective_gradient_with_beta_and_free_bits_matches_torch(case):
+    """fit's objective (beta = 0.7, free bits floor between the per-dimension batch-mean KLs,
+    so both sides of the max are taken) and its gradient equal the reference's."""
+    vae, ref, _, x, eps = build(case)
+    with torch.no_grad():
+        kl_dim = np.sort(ref.elbo_terms(x, eps, case["kl"])[3].mean(0).numpy())
+    free_bits = float(kl_dim[-2] + kl_dim[-1]) / 2  # only the largest KL stays above
+    assert free_bits > 0
+    objective, grads = vae.objective_grad(x, eps=eps, kl=case["kl"], beta=0.7, free_bits=free_bits)
+    ref.zero_grad()
+    expected = ref.objective(x, eps, case["kl"], 0.7, free_bits)
+    expected.backward()
+    assert_close(objective, expected.item(), 1e-10, 1e-10, "objective")
+    for name, p in ref.named_parameters():
+        assert_close(grads[name], p.grad.numpy(), 1e-8, 1e-10, f"grad {name}")
+
+
 @pytest.mark.parametrize("case", [c for c in CASES if c.get("logvar_out_of_range")], ids=case_id)
 def test_clamped_decoder_logvar_has_zero_gradient(case):
     """Decoder log-variances outside [-10, 10] are clamped: their gradient is exactly zero
@@ -195,28 +222,42 @@ def digits():
 
 
 def fit_both(x_train, x_test, **options):
-    """Train elbokit with fit and the torch replica from the same initial weights."""
+    """Train elbokit with fit and the torch replica from the same initial weights.
+
+    Returns the elbokit VAE, the trained TorchVAE, fit's history and the replica's
+    per-epoch lists of (step loss, batch size)."""
     vae = ek.VAE(x_dim=64, z_dim=4, hidden=(64,), likelihood="bernoulli", activation="relu",
                  dtype="float64", seed=0)
-    ref = TorchVAE.from_elbokit(vae, likelihood="bernoulli", activation="relu")
+    ref = TorchVAE.from_elbokit(vae)
     hist = vae.fit(x_train, validation=x_test, seed=0, progress=False, **options)
-    train_like_elbokit(ref, x_train, seed=0, **options)
-    return vae, ref, hist
+    steps = train_like_elbokit(ref, x_train, seed=0, **options)
+    return vae, ref, hist, steps
 
 
-def assert_training_agrees(vae, ref, hist, x_test, epochs, n_samples, kl):
-    """Final parameters agree to 1e-6 relative per array, the held-out ELBO (same eps)
-    to 1e-4 nats, and the history has one finite val_elbo per epoch."""
+def assert_training_agrees(vae, ref, hist, steps, x_test, n_samples, kl):
+    """Final parameters agree to 1e-6 relative per array; the held-out ELBO on the same eps,
+    and fit's own val_elbo (noise of stream STREAMS["validation"]), to 1e-4 nats; every step
+    loss to 1e-8 relative and train_loss is their batch-size-weighted epoch mean."""
     got, expected = vae.parameters(), ref.numpy_parameters()
     assert set(got) == set(expected)
     for name in expected:
         assert rel_err(got[name], expected[name]) < 1e-6, name
+
     eps = ek.random.normal((n_samples, len(x_test), 4), 123, stream=0)
     with torch.no_grad():
         val_ref = ref.elbo_terms(x_test, eps, kl)[0].mean().item()
     assert abs(vae.elbo(x_test, eps=eps, kl=kl).elbo.mean() - val_ref) < 1e-4
-    val = np.asarray(hist["val_elbo"], dtype=np.float64)
-    assert val.shape == (epochs,) and np.all(np.isfinite(val))
+
+    eps_val = ek.random.normal((n_samples, len(x_test), 4), 0, stream=ek.random.STREAMS["validation"])
+    with torch.no_grad():
+        fit_val_ref = ref.elbo_terms(x_test, eps_val, kl)[0].mean().item()
+    assert len(hist["val_elbo"]) == len(steps)
+    assert abs(hist["val_elbo"][-1] - fit_val_ref) < 1e-4
+
+    losses = np.array([loss for epoch in steps for loss, _ in epoch])
+    assert_close(hist["step_loss"], losses, 1e-8, 1e-10, "step_loss")
+    epoch_means = [sum(loss * b for loss, b in epoch) / sum(b for _, b in epoch) for epoch in steps]
+    assert_close(hist["train_loss"], epoch_means, 1e-8, 1e-10, "train_loss")
 
 
 def test_fit_adam_matches_torch_replica(digits):
@@ -224,8 +265,8 @@ def test_fit_adam_matches_torch_replica(digits):
     which also proves the shuffling and per-step noise streams are as documented."""
     x_train, x_test = digits
     opts = dict(epochs=2, batch_size=64, lr=1e-3, optimizer="adam", n_samples=1, kl="analytic")
-    vae, ref, hist = fit_both(x_train, x_test, **opts)
-    assert_training_agrees(vae, ref, hist, x_test, 2, 1, "analytic")
+    vae, ref, hist, steps = fit_both(x_train, x_test, **opts)
+    assert_training_agrees(vae, ref, hist, steps, x_test, 1, "analytic")
     initial = ek.VAE(x_dim=64, z_dim=4, hidden=(64,), likelihood="bernoulli", activation="relu",
                      dtype="float64", seed=0).parameters()
     assert rel_err(vae.parameters()["encoder.0.weight"], initial["encoder.0.weight"]) > 1e-3
@@ -237,5 +278,10 @@ def test_fit_sgd_with_every_option_matches_torch_replica(digits):
     x_train, x_test = digits
     opts = dict(epochs=1, batch_size=64, lr=1e-3, optimizer="sgd", momentum=0.9, beta=0.5,
                 warmup_steps=10, free_bits=0.1, clip_norm=5.0, n_samples=2, kl="mc")
-    vae, ref, hist = fit_both(x_train, x_test, **opts)
-    assert_training_agrees(vae, ref, hist, x_test, 1, 2, "mc")
+    vae, ref, hist, steps = fit_both(x_train, x_test, **opts)
+    assert_training_agrees(vae, ref, hist, steps, x_test, 2, "mc")
+    # The options are live in this run: some steps are clipped, some KL dimensions sit below
+    # the free-bits floor, and beta ramps from 0 to 0.5.
+    assert hist["grad_norm"][0] > opts["clip_norm"]
+    assert np.min(hist["kl_terms"][0]) < opts["free_bits"]
+    assert hist["beta"][-1] == pytest.approx(0.5)

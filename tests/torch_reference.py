@@ -88,7 +88,7 @@ class TorchVAE(nn.Module):
         """A TorchVAE holding ``vae.parameters()`` (as float64).
 
         Sizes are read off the parameter shapes; ``likelihood``, ``activation`` and
-        ``decoder_var`` come from `config`, else from attributes of `vae` of those names.
+        ``decoder_var`` come from `config`, else from ``vae.config`` (a dict).
         """
         params = vae.parameters()
         n_hidden = sum(1 for k in params if k.startswith("encoder.") and k.endswith(".weight")
@@ -98,9 +98,10 @@ class TorchVAE(nn.Module):
             z_dim=params["encoder.mu.weight"].shape[0],
             hidden=tuple(params[f"encoder.{i}.weight"].shape[0] for i in range(n_hidden)),
         )
+        saved = getattr(vae, "config", None) or {}
         for key in ("likelihood", "activation", "decoder_var"):
-            if key not in config and hasattr(vae, key):
-                config[key] = getattr(vae, key)
+            if key not in config and key in saved:
+                config[key] = saved[key]
         model = cls(**sizes, **config)
         model.load_elbokit_parameters(params)
         return model

@@ -56,6 +56,11 @@ void bind_vae_t(py::module_& m, const char* name) {
         return v.decode(z, mean);
       }, py::arg("z"), py::arg("mean"), "z (B, Z) -> logits or means (B, D); probabilities if mean.")
       .def("decoder_logvar", &M::decoder_logvar)
+      .def("active_units", [](M& v, CRef x) {
+        check_cols("x", x.rows(), x.cols(), v.data_dim());
+        py::gil_scoped_release nogil;
+        return v.active_units(x.data(), x.rows())[0];
+      }, py::arg("x"), "Latent dimensions with Var_x E_q[z_j] > 0.01 over x (B, D).")
       .def("elbo", [](M& v, CRef x, CRef eps, Index S, const std::string& kl) {
         const KLMode mode = kl_from_string(kl);
         ElboTerms t;

@@ -140,7 +140,8 @@ void VAE<T>::forward(const T* x, Index B, const T* eps, Index S, KLMode kl, Work
   // 4. reconstruction term log p(x|z), one per (sample, example), averaged over samples
   w.logp.resize(R);
   if (lik_ == Likelihood::Bernoulli) {
-    bernoulli_logpdf_forward(w.logp.data(), x, w.out.data(), R, B, D);
+    w.sig.resize(R, D);
+    bernoulli_logpdf_forward(w.logp.data(), x, w.out.data(), R, B, D, w.sig.data());
   } else {
     const Vec<T> lvx = clamped_logvar();
     gaussian_logpdf_forward(w.logp.data(), x, w.out.data(), lvx.data(), R, B, D);
@@ -213,7 +214,7 @@ double VAE<T>::objective_grad(CMatRef<T> x, CMatRef<T> eps, Index S, KLMode kl, 
   const double c_rec = scale / double(R);
   w.dout.resize(R, D);
   if (lik_ == Likelihood::Bernoulli) {
-    bernoulli_logpdf_backward(w.dout.data(), c_rec, x.data(), w.out.data(), R, B, D);
+    bernoulli_logpdf_backward(w.dout.data(), c_rec, x.data(), w.sig.data(), R, B, D);
   } else {
     const Vec<T> lvx = clamped_logvar();
     T* dlvx = nullptr;
@@ -284,12 +285,9 @@ Vec<double> VAE<T>::log_likelihood(CMatRef<T> x, Index K, uint64_t seed) {
 #pragma omp parallel for schedule(static) if (R * Z > 4096)
       for (Index r = 0; r < R; ++r) {
         const Index kk = r / bc, bb = r % bc;
-        for (Index j = 0; j < Z; ++j) {
-          const uint64_t idx = (uint64_t(b0 + bb) * uint64_t(K) + uint64_t(k0 + kk)) * uint64_t(Z) + uint64_t(j);
-          const T e = T(normal_at(seed, streams::kLogLikelihood, idx));
-          eps(r, j) = e;
-          z(r, j) = mu(bb, j) + sigma(bb, j) * e;
-        }
+        const uint64_t first = (uint64_t(b0 + bb) * uint64_t(K) + uint64_t(k0 + kk)) * uint64_t(Z);
+        fill_normal_serial(eps.row(r).data(), Z, seed, streams::kLogLikelihood, first);
+        z.row(r) = mu.row(bb) + sigma.row(bb).cwiseProduct(eps.row(r));
       }
       const T* hd = dec_.forward(p, z.data(), R, w.dec);
       dec_out.resize(R, D);

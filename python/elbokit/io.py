@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 
 import numpy as np
+
+from ._atomic import atomic_write
 
 __all__ = ["save", "load", "register"]
 
@@ -25,24 +26,12 @@ def register(cls):
 
 def save(model, path) -> str:
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise ValueError(f"path must be in an existing folder, got {path!r} ({folder} does not exist)")
     header = {"format": FORMAT, "version": VERSION, "class": type(model).__name__, "config": model.config}
     arrays = {"__elbokit__": np.array(json.dumps(header))}
     for name, value in model.parameters().items():
         arrays["param/" + name] = value
-    fd, tmp = tempfile.mkstemp(prefix=".elbokit-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "wb") as f:
+        np.savez(f, **arrays)
     return path
 
 

@@ -65,7 +65,11 @@ class ElboResult:
 
 class History(dict):
     """What fit recorded, one entry per epoch (``step_loss``: one per step). Keys are also
-    attributes: ``hist.val_elbo``. The objective is a bound only when beta == 1 and free_bits == 0;
+    attributes: ``hist.val_elbo``. Keys: train_loss (the minimized objective), train_elbo,
+    train_reconstruction, train_kl, beta, grad_norm (mean before clipping), val_elbo,
+    val_reconstruction, val_kl (when validation data is given), kl_terms (epochs, K: KL per latent
+    dimension or level), active_units (epochs, groups), step_loss (one per step), steps (steps done)
+    and stopped_early. The objective is a bound only when beta == 1 and free_bits == 0;
     ``train_elbo`` is always the true ELBO of the training minibatches."""
 
     def __getattr__(self, name):

@@ -229,6 +229,18 @@ class VAE(_ParamModel):
         x = self.decode(z)
         return (x, z) if return_latent else x
 
+    def active_units(self, x) -> int:
+        """Number of latent dimensions whose encoder mean varies over x with variance above 0.01
+        (MATH.md §2: the others carry no information, a sign of posterior collapse)."""
+        return int(self._core.active_units(self._x(x)))
+
+    def decoder_variance(self) -> np.ndarray:
+        """Gaussian decoder: the variance of p(x|z) per dimension (x_dim,), after the clamp of its
+        log-variance to [-10, 10]."""
+        if self.likelihood != "gaussian":
+            raise ValueError("decoder_variance needs likelihood='gaussian', got 'bernoulli'")
+        return np.exp(np.asarray(self._core.decoder_logvar(), dtype=np.float64))
+
     # -- training -------------------------------------------------------------------------------
     def fit(self, x, epochs: int = 20, batch_size: int = 128, lr: float = 1e-3, optimizer: str = "adam",
             beta: float = 1.0, warmup_steps: int = 0, free_bits: float = 0.0, n_samples: int = 1,

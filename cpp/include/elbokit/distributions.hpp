@@ -18,29 +18,31 @@ constexpr double kLog2Pi = 1.8378770664093453;
 // ---- Bernoulli with logits ℓ: log p(x) = x·ℓ − softplus(ℓ) (MATH.md §1). x in [0, 1] is allowed:
 // this is the Bernoulli log-likelihood evaluated at grey levels, not the continuous Bernoulli.
 
-// bernoulli_logpdf_forward: logp (R) = Σ_j x[r % B, j]·ℓ[r, j] − softplus(ℓ[r, j])
+// bernoulli_logpdf_forward: logp (R) = Σ_j x[r % B, j]·ℓ[r, j] − softplus(ℓ[r, j]); when sig is not
+// null it also writes sig (R,D) = sigmoid(ℓ), which the backward needs (one exp serves both).
+// softplus(ℓ) = max(ℓ, 0) + log1p(e), sigmoid(ℓ) = 1/(1+e) or e/(1+e) by the sign of ℓ, e = exp(−|ℓ|).
 template <class T>
-void bernoulli_logpdf_forward(double* logp, const T* x, const T* logits, Index R, Index B, Index D) {
+void bernoulli_logpdf_forward(double* logp, const T* x, const T* logits, Index R, Index B, Index D, T* sig = nullptr) {
+  using A = Eigen::Array<T, Eigen::Dynamic, 1>;
 #pragma omp parallel for schedule(static) if (R * D > 32768)
   for (Index r = 0; r < R; ++r) {
-    const T* xr = x + (r % B) * D;
-    const T* lr = logits + r * D;
-    double acc = 0;
-    for (Index j = 0; j < D; ++j) acc += double(xr[j] * lr[j] - softplus(lr[j]));
-    logp[r] = acc;
+    Eigen::Map<const A> xr(x + (r % B) * D, D), l(logits + r * D, D);
+    const A e = (-l.abs()).exp();
+    logp[r] = (xr * l - l.max(T(0)) - log1p_vec(e)).template cast<double>().sum();
+    if (sig) Eigen::Map<A>(sig + r * D, D) = (l >= T(0)).select(T(1) / (T(1) + e), e / (T(1) + e));
   }
 }
 
-// bernoulli_logpdf_backward: writes dlogits (R,D) = coef · (x − sigmoid(ℓ)), coef = ∂J/∂logp[r].
+// bernoulli_logpdf_backward: writes dlogits (R,D) = coef · (x − sigmoid(ℓ)), coef = ∂J/∂logp[r], with
+// sig (R,D) = sigmoid(ℓ) as saved by the forward.
 template <class T>
-void bernoulli_logpdf_backward(T* dlogits, double coef, const T* x, const T* logits, Index R, Index B, Index D) {
+void bernoulli_logpdf_backward(T* dlogits, double coef, const T* x, const T* sig, Index R, Index B, Index D) {
+  using A = Eigen::Array<T, Eigen::Dynamic, 1>;
   const T c = T(coef);
 #pragma omp parallel for schedule(static) if (R * D > 32768)
   for (Index r = 0; r < R; ++r) {
-    const T* xr = x + (r % B) * D;
-    const T* lr = logits + r * D;
-    T* dr = dlogits + r * D;
-    for (Index j = 0; j < D; ++j) dr[j] = c * (xr[j] - sigmoid(lr[j]));
+    Eigen::Map<const A> xr(x + (r % B) * D, D), s(sig + r * D, D);
+    Eigen::Map<A>(dlogits + r * D, D) = c * (xr - s);
   }
 }
 

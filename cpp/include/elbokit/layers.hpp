@@ -12,9 +12,23 @@
 
 namespace elbokit {
 
-// Tile sizes of the deterministic parallel products (see common.hpp: threading policy).
-constexpr Index kTileRows = 64;   // batch rows per tile
-constexpr Index kTileCols = 256;  // output units (or input units) per tile
+// Tiles of the deterministic parallel products (see common.hpp: threading policy). A dimension of
+// size n is cut into ceil(n / max) tiles of balanced sizes (multiples of 16); the cut depends on
+// the shape alone; which thread computes a tile does not matter (dynamic schedule for balance),
+// since each tile is computed whole by one thread. Large row tiles let one packed panel of the other operand serve many rows.
+constexpr Index kTileRows = 128;  // rows of the output per tile, at most
+constexpr Index kTileCols = 256;  // columns of the output per tile, at most
+
+struct Tiling {
+  Index n = 0, count = 1, size = 0;
+  Tiling(Index n_, Index max_size) : n(n_) {
+    count = std::max<Index>(1, ceil_div(n, max_size));
+    size = std::max<Index>(1, ceil_div(ceil_div(n, count), 16) * 16);
+    count = std::max<Index>(1, ceil_div(n, size));
+  }
+  Index begin(Index t) const { return t * size; }
+  Index len(Index t) const { return std::min(size, n - t * size); }
+};
 
 // linear_forward: out (B,O) = inp (B,I) · weightᵀ (I,O) + bias (O).
 template <class T>
@@ -22,12 +36,13 @@ void linear_forward(T* out, const T* inp, const T* weight, const T* bias, Index 
   CMatMap<T> X(inp, B, I);     // (B, I)
   CMatMap<T> W(weight, O, I);  // (O, I)
   MatMap<T> Y(out, B, O);      // (B, O)
-  const Index nr = ceil_div(B, kTileRows), nc = ceil_div(O, kTileCols), ntiles = nr * nc;
+  const Tiling tr(B, kTileRows), tc(O, kTileCols);
+  const Index ntiles = tr.count * tc.count;
   const bool par = ntiles > 1 && 2.0 * double(B) * double(I) * double(O) > kParallelFlops;
-#pragma omp parallel for schedule(static) if (par)
+#pragma omp parallel for schedule(dynamic, 1) if (par)
   for (Index t = 0; t < ntiles; ++t) {
-    const Index r0 = (t / nc) * kTileRows, c0 = (t % nc) * kTileCols;
-    const Index rb = std::min(kTileRows, B - r0), cb = std::min(kTileCols, O - c0);
+    const Index r0 = tr.begin(t / tc.count), c0 = tc.begin(t % tc.count);
+    const Index rb = tr.len(t / tc.count), cb = tc.len(t % tc.count);
     auto Yt = Y.block(r0, c0, rb, cb);
     Yt.noalias() = X.middleRows(r0, rb) * W.middleRows(c0, cb).transpose();
     if (bias) {
@@ -48,24 +63,22 @@ void linear_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
   CMatMap<T> X(inp, B, I);
   CMatMap<T> W(weight, O, I);
   const bool par = 2.0 * double(B) * double(I) * double(O) > kParallelFlops;
-  if (dinp) {
-    MatMap<T> dX(dinp, B, I);
-    const Index nr = ceil_div(B, kTileRows), nc = ceil_div(I, kTileCols), ntiles = nr * nc;
-#pragma omp parallel for schedule(static) if (par && ntiles > 1)
-    for (Index t = 0; t < ntiles; ++t) {
-      const Index r0 = (t / nc) * kTileRows, c0 = (t % nc) * kTileCols;
-      const Index rb = std::min(kTileRows, B - r0), cb = std::min(kTileCols, I - c0);
-      dX.block(r0, c0, rb, cb).noalias() += dY.middleRows(r0, rb) * W.middleCols(c0, cb);
-    }
-  }
-  // Weight gradient: tiles over output units and input units, each with the whole batch as depth.
   MatMap<T> dW(dweight, O, I);
-  const Index nr = ceil_div(O, kTileRows), nc = ceil_div(I, kTileCols), ntiles = nr * nc;
-#pragma omp parallel for schedule(static) if (par && ntiles > 1)
-  for (Index t = 0; t < ntiles; ++t) {
-    const Index r0 = (t / nc) * kTileRows, c0 = (t % nc) * kTileCols;
-    const Index rb = std::min(kTileRows, O - r0), cb = std::min(kTileCols, I - c0);
-    dW.block(r0, c0, rb, cb).noalias() += dY.middleCols(r0, rb).transpose() * X.middleCols(c0, cb);
+  // One parallel region for the input gradient's tiles and the weight gradient's tiles.
+  const Tiling xr(B, kTileRows), xc(I, kTileCols), wr(O, kTileRows), wc(I, kTileCols);
+  const Index nx = dinp ? xr.count * xc.count : 0, nw = wr.count * wc.count;
+#pragma omp parallel for schedule(dynamic, 1) if (par && nx + nw > 1)
+  for (Index t = 0; t < nx + nw; ++t) {
+    if (t < nx) {  // dX tile: (rows of the batch) x (input units); depth O
+      MatMap<T> dX(dinp, B, I);
+      const Index i = t / xc.count, j = t % xc.count;
+      dX.block(xr.begin(i), xc.begin(j), xr.len(i), xc.len(j)).noalias() +=
+          dY.middleRows(xr.begin(i), xr.len(i)) * W.middleCols(xc.begin(j), xc.len(j));
+    } else {  // dW tile: (output units) x (input units); depth B, the whole batch
+      const Index u = t - nx, i = u / wc.count, j = u % wc.count;
+      dW.block(wr.begin(i), wc.begin(j), wr.len(i), wc.len(j)).noalias() +=
+          dY.middleCols(wr.begin(i), wr.len(i)).transpose() * X.middleCols(wc.begin(j), wc.len(j));
+    }
   }
   if (dbias) {
     for (Index b = 0; b < B; ++b) {
@@ -112,48 +125,66 @@ inline T softplus(T a) {  // max(a, 0) + log1p(exp(-|a|)): never overflows (MATH
 }
 
 template <class T>
+using ArrMap = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>;
+
+// log1p(e) for an array, vectorized: log(u)·e/(u − 1) with u = 1 + e is exact to a few ulps
+// (Goldberg 1991) and, unlike Eigen 3.4's log1p, runs on packets.
+template <class Derived>
+auto log1p_vec(const Eigen::ArrayBase<Derived>& e) {
+  using T = typename Derived::Scalar;
+  const auto u = T(1) + e;
+  return (u == T(1)).select(e, u.log() * e / (u - T(1)));
+}
+template <class T>
+using CArrMap = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>;
+
+// The elementwise kernels run on blocks of kElemBlock entries (vectorized by Eigen's packet math:
+// exp, log1p, tanh), in parallel over blocks for large arrays.
+constexpr Index kElemBlock = 8192;
+
+template <class T>
 void activation_forward(T* out, const T* inp, Index n, Activation act) {
-  const bool par = n > 32768;
-#pragma omp parallel for schedule(static) if (par)
-  for (Index i = 0; i < n; ++i) {
-    const T a = inp[i];
-    T y;
+  const Index nb = ceil_div(n, kElemBlock);
+#pragma omp parallel for schedule(static) if (n > 4 * kElemBlock)
+  for (Index k = 0; k < nb; ++k) {
+    const Index o = k * kElemBlock, len = std::min(kElemBlock, n - o);
+    CArrMap<T> a(inp + o, len);
+    ArrMap<T> y(out + o, len);
     switch (act) {
-      case Activation::ReLU: y = a > T(0) ? a : T(0); break;
-      case Activation::Tanh: y = std::tanh(a); break;
-      case Activation::Sigmoid: y = sigmoid(a); break;
-      case Activation::Softplus: y = softplus(a); break;
-      case Activation::ELU: y = a > T(0) ? a : std::expm1(a); break;
-      case Activation::SiLU: y = a * sigmoid(a); break;
-      case Activation::LeakyReLU: y = a > T(0) ? a : T(kLeakySlope) * a; break;
+      case Activation::ReLU: y = a.max(T(0)); break;
+      case Activation::Tanh: y = a.tanh(); break;
+      case Activation::Sigmoid: y = (a >= T(0)).select(T(1) / (T(1) + (-a).exp()), a.exp() / (T(1) + a.exp())); break;
+      case Activation::Softplus: y = a.max(T(0)) + log1p_vec((-a.abs()).exp()); break;
+      case Activation::ELU: y = (a > T(0)).select(a, a.expm1()); break;
+      case Activation::SiLU: y = a / (T(1) + (-a).exp()); break;
+      case Activation::LeakyReLU: y = (a > T(0)).select(a, T(kLeakySlope) * a); break;
       default: y = a;
     }
-    out[i] = y;
   }
 }
 
 template <class T>
 void activation_backward(T* dinp, const T* dout, const T* inp, const T* out, Index n, Activation act) {
-  const bool par = n > 32768;
-#pragma omp parallel for schedule(static) if (par)
-  for (Index i = 0; i < n; ++i) {
-    const T a = inp[i], y = out[i], g = dout[i];
-    T d;
+  const Index nb = ceil_div(n, kElemBlock);
+#pragma omp parallel for schedule(static) if (n > 4 * kElemBlock)
+  for (Index k = 0; k < nb; ++k) {
+    const Index o = k * kElemBlock, len = std::min(kElemBlock, n - o);
+    CArrMap<T> a(inp + o, len), y(out + o, len), g(dout + o, len);
+    ArrMap<T> d(dinp + o, len);
     switch (act) {
-      case Activation::ReLU: d = a > T(0) ? T(1) : T(0); break;
-      case Activation::Tanh: d = T(1) - y * y; break;
-      case Activation::Sigmoid: d = y * (T(1) - y); break;
-      case Activation::Softplus: d = sigmoid(a); break;
-      case Activation::ELU: d = a > T(0) ? T(1) : y + T(1); break;
+      case Activation::ReLU: d = (a > T(0)).select(g, T(0)); break;
+      case Activation::Tanh: d = g * (T(1) - y * y); break;
+      case Activation::Sigmoid: d = g * y * (T(1) - y); break;
+      case Activation::Softplus: d = g / (T(1) + (-a).exp()); break;  // σ(a); exp(-a) = inf gives 0
+      case Activation::ELU: d = (a > T(0)).select(g, g * (y + T(1))); break;
       case Activation::SiLU: {
-        const T s = sigmoid(a);
-        d = s * (T(1) + a * (T(1) - s));
+        const auto s = T(1) / (T(1) + (-a).exp());
+        d = g * s * (T(1) + a * (T(1) - s));
         break;
       }
-      case Activation::LeakyReLU: d = a > T(0) ? T(1) : T(kLeakySlope); break;
-      default: d = T(1);
+      case Activation::LeakyReLU: d = (a > T(0)).select(g, T(kLeakySlope) * g); break;
+      default: d = g;
     }
-    dinp[i] = g * d;
   }
 }
 

@@ -5,6 +5,7 @@
 // Streams keep apart the different uses of one seed (evaluation noise, training noise, shuffling).
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdint>
@@ -50,12 +51,22 @@ inline double u01_open(uint32_t a, uint32_t b) {
   return (double(m) + 0.5) * 0x1.0p-53;
 }
 
-// The standard normal number number `index` of (seed, stream): Box-Muller on one Philox block.
-inline double normal_at(uint64_t seed, uint64_t stream, uint64_t index) {
-  const Philox4x32 r = philox_block(seed, stream, index);
+// Standard normal numbers 2i and 2i+1 of (seed, stream): the two outputs of Box-Muller on Philox
+// block i, r·cos θ and r·sin θ with r = √(−2 log u₁), θ = 2π u₂.
+inline void normal_pair(uint64_t seed, uint64_t stream, uint64_t pair, double& a, double& b) {
+  const Philox4x32 r = philox_block(seed, stream, pair);
   const double u1 = u01_open(r[0], r[1]);
   const double u2 = u01_open(r[2], r[3]);
-  return std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
+  const double rad = std::sqrt(-2.0 * std::log(u1)), th = 6.283185307179586 * u2;
+  a = rad * std::cos(th);
+  b = rad * std::sin(th);
+}
+
+// The standard normal number `index` of (seed, stream).
+inline double normal_at(uint64_t seed, uint64_t stream, uint64_t index) {
+  double a, b;
+  normal_pair(seed, stream, index / 2, a, b);
+  return (index & 1) ? b : a;
 }
 
 // The uniform number `index` of (seed, stream) in (0, 1).
@@ -64,11 +75,33 @@ inline double uniform_at(uint64_t seed, uint64_t stream, uint64_t index) {
   return u01_open(r[0], r[1]);
 }
 
-// out[i] = normal_at(seed, stream, offset + i), i < n; parallel over i (results do not depend on it).
+// out[i] = normal_at(seed, stream, offset + i), i < n, on the calling thread.
+template <class T>
+void fill_normal_serial(T* out, int64_t n, uint64_t seed, uint64_t stream, uint64_t offset = 0) {
+  int64_t i = 0;
+  if (n > 0 && (offset & 1)) {  // an odd start: the second number of a pair
+    out[0] = T(normal_at(seed, stream, offset));
+    i = 1;
+  }
+  for (; i + 1 < n; i += 2) {
+    double a, b;
+    normal_pair(seed, stream, (offset + uint64_t(i)) / 2, a, b);
+    out[i] = T(a);
+    out[i + 1] = T(b);
+  }
+  if (i < n) out[i] = T(normal_at(seed, stream, offset + uint64_t(i)));
+}
+
+// The same in parallel over blocks of an even number of entries (results do not depend on it).
 template <class T>
 void fill_normal(T* out, int64_t n, uint64_t seed, uint64_t stream, uint64_t offset = 0) {
-#pragma omp parallel for schedule(static) if (n > 4096)
-  for (int64_t i = 0; i < n; ++i) out[i] = T(normal_at(seed, stream, offset + uint64_t(i)));
+  constexpr int64_t kBlock = 4096;
+  const int64_t nb = (n + kBlock - 1) / kBlock;
+#pragma omp parallel for schedule(static) if (nb > 1)
+  for (int64_t k = 0; k < nb; ++k) {
+    const int64_t len = std::min(kBlock, n - k * kBlock);
+    fill_normal_serial(out + k * kBlock, len, seed, stream, offset + uint64_t(k * kBlock));
+  }
 }
 
 // A uniformly random permutation of 0..n-1 (Fisher-Yates driven by uniform_at).

@@ -92,7 +92,7 @@ class VAE {
  private:
   struct Work {
     TrunkCache<T> enc, dec;
-    Mat<T> mu, lv, sigma, z, out, dout, dz, dh, dmu, dlv, dhd;  // see forward()
+    Mat<T> mu, lv, sigma, z, out, sig, dout, dz, dh, dmu, dlv, dhd;  // see forward()
     Vec<double> logp;                                           // (S·B)
   };
   void forward(const T* x, Index B, const T* eps, Index S, KLMode kl, Work& w, ElboTerms& t);

@@ -1,0 +1,371 @@
+"""The ``elbokit`` command line.
+
+    elbokit train vae --data digits --epochs 30 --out runs/vae   # train, evaluate, save
+    elbokit demo                                                 # the README's main job
+    elbokit info                                                 # version, threads, dtypes
+
+``train MODEL`` fits a model on the training split with the test split as validation, then reports
+on the held-out split: the ELBO and its terms (mean ± standard error, also in bits per dimension
+for image data), the number of active latent units, and the importance-weighted log-likelihood
+bound L_K (MATH.md §2-3). It writes ``model.elbokit`` (load it with ``elbokit.load``),
+``report.png`` and ``metrics.json`` (every number printed) into ``--out``.
+
+Adding a model is one function decorated with ``@model(name, help, arguments)`` that builds it
+from the parsed options; training, evaluation and reporting are shared.
+
+Exit codes: 0 success, 1 training diverged, 2 bad arguments (argparse's usage message, or one line
+``elbokit: error: ...`` for a ValueError / FileNotFoundError raised by the package).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+from . import __version__, datasets, get_num_threads, plots, set_num_threads
+from ._atomic import atomic_write
+from .results import mean_stderr
+from .vae import ACTIVATIONS, VAE
+
+__all__ = ["main", "build_parser", "MODELS", "PLANNED_MODELS"]
+
+PROG = "elbokit"
+IMAGE_SHAPES = {"digits": (8, 8), "fashion_mnist": (28, 28)}  # other data sets are 2-D points
+PLANNED_MODELS = {"hvae": "hierarchical VAE", "diffusion": "diffusion model"}
+EVAL_SAMPLES = 10  # Monte-Carlo samples per example for the held-out ELBO
+
+
+class UsageError(Exception):
+    """A user mistake found after parsing; printed as one line, exit code 2."""
+
+
+# -- argparse types -------------------------------------------------------------------------------
+def _number(kind, minimum, strict: bool = False):
+    """An argparse type: kind (int or float) >= minimum (> minimum when strict)."""
+    what = ("an integer" if kind is int else "a number") + (" > " if strict else " >= ") + f"{minimum:g}"
+
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not (v > minimum if strict else v >= minimum) or (kind is float and not math.isfinite(v)):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return v
+    parse.__name__ = "integer" if kind is int else "number"  # argparse names the type in some errors
+    return parse
+
+
+_positive_int = _number(int, 1)
+_count = _number(int, 0)
+_positive_float = _number(float, 0.0, strict=True)
+_nonnegative_float = _number(float, 0.0)
+
+
+# -- models ---------------------------------------------------------------------------------------
+MODELS: dict = {}  # name -> dict(build=function, help=str, arguments=list of (flags, kwargs))
+
+
+def model(name: str, help: str, arguments=()):
+    """Registers ``build(args, x_dim) -> model`` as ``elbokit train NAME``. ``arguments`` are the
+    model's own options as (flags, argparse keyword arguments); the shared options (data,
+    training, evaluation, output) are added for every model."""
+    def register(build):
+        MODELS[name] = dict(build=build, help=help, arguments=list(arguments))
+        return build
+    return register
+
+
+@model("vae", help="variational autoencoder: Gaussian encoder, N(0, I) prior, Bernoulli or Gaussian decoder",
+       arguments=[
+           (("--z-dim",), dict(type=_positive_int, default=None, metavar="Z",
+                               help="latent dimension (default 8 for images, 2 for 2-D data)")),
+           (("--hidden",), dict(type=_positive_int, nargs="*", default=[128, 128], metavar="H",
+                                help="hidden layer widths of the encoder, reversed in the decoder (default 128 128)")),
+           (("--likelihood",), dict(choices=("bernoulli", "gaussian"), default=None,
+                                    help="decoder p(x|z) (default bernoulli for images, gaussian for 2-D data)")),
+           (("--activation",), dict(choices=ACTIVATIONS, default="relu", help="hidden activation (default relu)")),
+       ])
+def build_vae(args, x_dim: int):
+    """A VAE for data of dimension x_dim from the parsed options."""
+    images = args.data in IMAGE_SHAPES
+    z_dim = args.z_dim if args.z_dim is not None else (8 if images else 2)
+    likelihood = args.likelihood or ("bernoulli" if images else "gaussian")
+    return VAE(x_dim, z_dim, hidden=tuple(args.hidden), likelihood=likelihood, activation=args.activation,
+               dtype=args.dtype, seed=args.seed)
+
+
+# -- the parser -----------------------------------------------------------------------------------
+def _add_training_options(p: argparse.ArgumentParser, data_choices, default_out: str, epochs: int = 30) -> None:
+    """Options shared by every model: data, training, evaluation, output."""
+    g = p.add_argument_group("data and output")
+    g.add_argument("--data", choices=data_choices, default="digits", help="data set (default digits)")
+    g.add_argument("--out", default=default_out, help=f"output folder, created if needed (default {default_out})")
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=_positive_int, default=epochs,
+                   help=f"passes over the training set (default {epochs})")
+    g.add_argument("--batch-size", type=_positive_int, default=128, help="minibatch size (default 128)")
+    g.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    g.add_argument("--beta", type=_nonnegative_float, default=1.0,
+                   help="KL weight; the objective is a bound only at 1 (default 1)")
+    g.add_argument("--warmup-steps", type=_count, default=0,
+                   help="steps of linear KL warm-up from 0 to beta (default 0)")
+    g.add_argument("--free-bits", type=_nonnegative_float, default=0.0,
+                   help="free bits per latent dimension, nats (default 0)")
+    g.add_argument("--n-samples", type=_positive_int, default=1, help="samples of z per example and step (default 1)")
+    g.add_argument("--kl", choices=("analytic", "mc"), default="analytic", help="KL estimator (default analytic)")
+    g.add_argument("--seed", type=_count, default=0, help="seed of weights, shuffling and noise (default 0)")
+    g.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="precision (default float32)")
+    g.add_argument("--threads", type=_positive_int, default=None, help="engine threads (default: the engine's)")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--k", type=_positive_int, default=5000,
+                   help="importance samples of the held-out log-likelihood bound L_K (default 5000); the cost "
+                        "grows as K x held-out examples: on fashion_mnist (10000 of dimension 784) take 100-500")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of the ``elbokit`` command."""
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Variational models bound by the ELBO: train, evaluate, report.",
+        epilog="Run 'elbokit COMMAND --help' for a command's options.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    train = commands.add_parser("train", help="train a model, evaluate it on held-out data, save it",
+                                description="Train a model on a data set's training split, report the held-out "
+                                            "ELBO terms and L_K, save model.elbokit, report.png, metrics.json.")
+    models = train.add_subparsers(dest="model", metavar="MODEL", required=True)
+    for name, spec in MODELS.items():
+        m = models.add_parser(name, help=spec["help"], description=spec["help"])
+        g = m.add_argument_group(f"{name} options")
+        for flags, kwargs in spec["arguments"]:
+            g.add_argument(*flags, **kwargs)
+        _add_training_options(m, datasets.DATASETS, default_out=os.path.join("runs", name))
+        m.set_defaults(handler=_train)
+    for name, what in PLANNED_MODELS.items():
+        m = models.add_parser(name, help=f"{what} (not in this version yet)", add_help=False)
+        m.set_defaults(handler=_planned)
+
+    demo = commands.add_parser("demo", help="train and evaluate a VAE on the bundled digits (under a minute)",
+                               description="Trains a VAE 64-(128,128)-8 on 1500 bundled 8x8 digits with the 297 "
+                                           "others as validation, then reports the held-out ELBO terms and L_5000.")
+    demo.add_argument("--out", default=os.path.join("runs", "demo"), help="output folder (default runs/demo)")
+    demo.add_argument("--epochs", type=_positive_int, default=20, help="passes over the training set (default 20)")
+    demo.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    demo.set_defaults(handler=_demo)
+
+    info = commands.add_parser("info", help="version, threads, supported dtypes, models and data sets")
+    info.set_defaults(handler=_info)
+    return parser
+
+
+# -- commands -------------------------------------------------------------------------------------
+def _planned(args) -> int:
+    """`train hvae` / `train diffusion`: named so that users find them, refused until they exist."""
+    available = ", ".join(MODELS)
+    print(f"{PROG}: error: 'train {args.model}' ({PLANNED_MODELS[args.model]}) is not in this version of "
+          f"elbokit yet; a later release adds it. Available models: {available}.", file=sys.stderr)
+    return 2
+
+
+def _demo(args) -> int:
+    """The README's main job: `train vae` on the bundled digits with L_5000 on the 297 held out."""
+    parser = build_parser()
+    argv = ["train", "vae", "--data", "digits", "--z-dim", "8", "--hidden", "128", "128", "--epochs", str(args.epochs),
+            "--batch-size", "32", "--lr", "2e-3",
+            "--k", "5000", "--out", args.out] + ([] if args.progress else ["--no-progress"])
+    print(f"elbokit demo: the same as `elbokit {' '.join(argv)}`")
+    return _train(parser.parse_args(argv))
+
+
+def _info(args) -> int:
+    """What this installation offers."""
+    from . import _core
+
+    fm = os.environ.get("ELBOKIT_FASHION_MNIST") or datasets.DEFAULT_FASHION_MNIST_PATH
+    rows = [
+        ("elbokit", __version__),
+        ("engine", os.path.basename(_core.__file__)),
+        ("threads", str(get_num_threads())),
+        ("dtypes", "float32 (speed), float64 (verification)"),
+        ("models", ", ".join(MODELS) + "; planned: " + ", ".join(PLANNED_MODELS)),
+        ("data sets", ", ".join(datasets.DATASETS)),
+        ("fashion_mnist", f"{fm} ({'found' if os.path.isdir(fm) else 'not found'})"),
+        ("python", f"{platform.python_version()} ({sys.executable})"),
+        ("numpy", np.__version__),
+    ]
+    for k, v in rows:
+        print(f"{k:>14s}  {v}")
+    return 0
+
+
+def _train(args) -> int:
+    """Trains MODELS[args.model] on args.data, evaluates on the held-out split, saves and reports."""
+    t_start = time.perf_counter()
+    if args.threads is not None:
+        set_num_threads(args.threads)
+    train, test = datasets.load(args.data)
+    image_shape = IMAGE_SHAPES.get(args.data)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out must be a folder, got {args.out!r}, which is a file")
+    net = MODELS[args.model]["build"](args, train.shape[1])
+    print(f"{args.model} on {args.data}: {train.shape[0]} training and {test.shape[0]} held-out examples of "
+          f"dimension {train.shape[1]}")
+    print(net)
+    if args.beta != 1.0 or args.warmup_steps > 0 or args.free_bits > 0:
+        print("note: with beta != 1, KL warm-up or free bits the training objective is not a bound; "
+              "the ELBO reported is the true one")
+    sys.stdout.flush()
+
+    # 1. Train, with the held-out split as validation.
+    t0 = time.perf_counter()
+    try:
+        hist = net.fit(train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, beta=args.beta,
+                       warmup_steps=args.warmup_steps, free_bits=args.free_bits, n_samples=args.n_samples,
+                       kl=args.kl, validation=test, seed=args.seed, progress=args.progress)
+    except FloatingPointError as e:
+        print(f"{PROG}: error: training diverged: {e}; try a smaller --lr", file=sys.stderr)
+        return 1
+    t_train = time.perf_counter() - t0
+
+    # 2. Evaluate on the held-out split (MATH.md §2-3).
+    t0 = time.perf_counter()
+    res = net.elbo(test, n_samples=EVAL_SAMPLES, seed=args.seed)
+    ll = net.log_likelihood(test, k=args.k, seed=args.seed)
+    t_eval = time.perf_counter() - t0
+    metrics = _metrics(args, net, hist, res, ll, train, test, image_shape)
+
+    # 3. Save the model, the figure and the numbers.
+    os.makedirs(args.out, exist_ok=True)
+    paths = {name: os.path.join(args.out, name) for name in ("model.elbokit", "report.png", "metrics.json")}
+    net.save(paths["model.elbokit"])
+    title = f"{net!r}\ntrained {args.epochs} epochs on {args.data}; held-out ELBO {res.mean():.3f} nats"
+    fig = plots.vae_report_figure(net, test, hist, image_shape=image_shape, seed=args.seed, title=title)
+    plots.save_figure(fig, paths["report.png"])
+    plots.close(fig)
+    metrics["time_s"] = {"train": t_train, "evaluate": t_eval, "total": time.perf_counter() - t_start}
+    metrics["files"] = paths
+    _write_json(metrics, paths["metrics.json"])
+    print(_table(metrics))
+    print("saved " + ", ".join(paths.values()))
+    return 0
+
+
+def _metrics(args, net, hist, res, ll, train, test, image_shape) -> dict:
+    """Every number the table prints, and what produced them."""
+    d = train.shape[1]
+    ll_mean, ll_se = mean_stderr(ll)
+    terms = {t: dict(zip(("mean", "stderr"), v)) for t, v in res.summary().items()}
+    held_out = {**terms, "log_likelihood": {"mean": ll_mean, "stderr": ll_se, "k": args.k},
+                "active_units": net.active_units(test) if hasattr(net, "active_units")
+                else int(np.asarray(hist["active_units"])[-1].sum()), "z_dim": int(net.z_dim),
+                "kl_per_dim": np.mean(res.kl_per_dim, axis=0).tolist(),
+                "n_examples": int(test.shape[0]), "n_samples": EVAL_SAMPLES, "seed": args.seed}
+    if image_shape is not None:
+        # Positive costs in bits per dimension: -ELBO, -reconstruction, KL and -L_K over d ln 2.
+        scale = 1.0 / (d * math.log(2.0))
+        held_out["bits_per_dim"] = {
+            "elbo": {"mean": -terms["elbo"]["mean"] * scale, "stderr": terms["elbo"]["stderr"] * scale},
+            "reconstruction": {"mean": -terms["reconstruction"]["mean"] * scale,
+                               "stderr": terms["reconstruction"]["stderr"] * scale},
+            "kl": {"mean": terms["kl"]["mean"] * scale, "stderr": terms["kl"]["stderr"] * scale},
+            "log_likelihood": {"mean": -ll_mean * scale, "stderr": ll_se * scale},
+        }
+    last = {k: float(np.asarray(hist[k])[-1]) for k in ("train_loss", "train_elbo", "val_elbo") if len(hist[k])}
+    return {
+        "elbokit_version": __version__,
+        "model": args.model,
+        "config": net.config,
+        "num_parameters": int(net.num_parameters),
+        "data": {"name": args.data, "n_train": int(train.shape[0]), "n_test": int(test.shape[0]), "x_dim": int(d),
+                 "image_shape": list(image_shape) if image_shape else None},
+        "training": {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "beta", "warmup_steps",
+                                                   "free_bits", "n_samples", "kl", "seed")},
+        "last_epoch": last,
+        "held_out": held_out,
+    }
+
+
+def _pm(mean: float, se: float, digits: int) -> str:
+    return f"{mean:.{digits}f} ± {se:.{digits}f}"
+
+
+def _table(m: dict) -> str:
+    """The held-out report as aligned text."""
+    h = m["held_out"]
+    bits = h.get("bits_per_dim")
+    rows = [
+        (f"ELBO ({h['n_samples']} samples)", h["elbo"], bits and bits["elbo"]),
+        ("  reconstruction E_q[log p(x|z)]", h["reconstruction"], bits and bits["reconstruction"]),
+        ("  KL(q(z|x) || p(z))", h["kl"], bits and bits["kl"]),
+        (f"log-likelihood L_{h['log_likelihood']['k']}", h["log_likelihood"], bits and bits["log_likelihood"]),
+    ]
+    head = f"held-out {m['data']['name']}: {h['n_examples']} examples, mean ± standard error"
+    lines = ["", head, f"  {'':34s}{'nats':>20s}" + (f"{'bits/dim':>20s}" if bits else "")]
+    for label, v, b in rows:
+        line = f"  {label:34s}{_pm(v['mean'], v['stderr'], 3):>20s}"
+        if b:
+            line += f"{_pm(b['mean'], b['stderr'], 4):>20s}"
+        lines.append(line)
+    lines.append(f"  {'active units (Var_x E_q[z_j] > 0.01)':34s}{h['active_units']:>14d} / {h['z_dim']}")
+    if bits:
+        lines.append("  bits/dim: -ELBO, -reconstruction, KL and -L_K divided by d ln 2 (lower is better)")
+    t = m["time_s"]
+    lines.append(f"time: training {t['train']:.1f} s, evaluation {t['evaluate']:.1f} s, total {t['total']:.1f} s")
+    return "\n".join(lines)
+
+
+def _finite_or_none(obj):
+    """JSON has no NaN: non-finite floats become null."""
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def _write_json(obj, path: str) -> None:
+    """Writes obj as JSON atomically."""
+    with atomic_write(path, "w", suffix=".json") as f:
+        json.dump(_finite_or_none(obj), f, indent=2, allow_nan=False)
+        f.write("\n")
+
+
+# -- entry point ----------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    """Runs the command line with ``argv`` and returns the exit code; never raises SystemExit, so
+    it can be called from tests and notebooks. Without ``argv`` (the console script) it reads
+    ``sys.argv[1:]`` and draws with matplotlib's non-interactive Agg backend."""
+    if argv is None:
+        plots.use_agg()
+    parser = build_parser()
+    try:
+        # parse_known_args so that `train hvae --any --options` reaches the "not yet" message.
+        args, extra = parser.parse_known_args(argv)
+        if extra and args.handler is not _planned:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as e:  # --help, --version, or a usage error (argparse printed it)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    try:
+        return args.handler(args)
+    except (ValueError, FileNotFoundError, UsageError) as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
