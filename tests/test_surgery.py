@@ -87,3 +87,19 @@ def test_identical_posteriors_carry_no_information():
 def test_bad_input_raises(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_command_line_surgery(tmp_path, capsys):
+    import json
+
+    from elbokit.cli import main
+    train, _ = ek.datasets.digits()
+    vae = ek.VAE(64, 3, hidden=(32,), seed=0)
+    vae.fit(train[:300], epochs=2, progress=False)
+    path = vae.save(tmp_path / "m.elbokit")
+    assert main(["surgery", str(path), "--data", "digits", "--n-samples", "2", "--json", str(tmp_path / "s.json")]) == 0
+    out = capsys.readouterr().out
+    assert "I_q[x; z]" in out
+    d = json.loads((tmp_path / "s.json").read_text())
+    assert d["average_kl"] == pytest.approx(d["marginal_kl"] + d["mutual_information"] + d["residual"], abs=1e-9)
+    assert main(["surgery", str(tmp_path / "missing.elbokit")]) == 2
