@@ -225,7 +225,7 @@ mutual information is capped by $\\log n$: with $n = 297$ held-out digits it can
 if every code were perfectly distinguishable. A β-VAE trades mutual information away:""", """rows = []
 for beta in (0.5, 1.0, 4.0):
     v = ek.VAE(64, 6, hidden=(128,), seed=0)
-    v.fit(train, epochs=15, batch_size=64, lr=2e-3, beta=beta, progress=False)
+    v.fit(train, epochs=10, batch_size=64, lr=3e-3, beta=beta, progress=False)
     rb = ek.surgery(v, test, seed=0, n_samples=8)
     rows.append((beta, rb.average_kl, rb.mutual_information, rb.marginal_kl))
     print(f"beta={beta}: average KL {rb.average_kl:.3f} = I {rb.mutual_information:.3f} + marginal KL {rb.marginal_kl:.3f}"
@@ -292,7 +292,7 @@ aes = {
     "contractive": ek.Autoencoder(64, 8, hidden=(), kind="contractive", code_activation="sigmoid", contraction=0.5, seed=0),
 }
 for name, ae in aes.items():
-    h = ae.fit(train, epochs=25, batch_size=64, lr=3e-3, progress=False, validation=test)
+    h = ae.fit(train, epochs=15, batch_size=64, lr=3e-3, progress=False, validation=test)
     l = ae.loss(test)
     print(f"{name:12s} held-out squared error {l['reconstruction'].mean():.3f}   ‖J‖² {l['penalty'].mean():.3f}")
     assert h.train_loss[-1] < h.train_loss[0]""", """md:The penalty is the Frobenius norm of the encoder's Jacobian — check it by finite differences:""", """ae = aes["contractive"]
@@ -305,7 +305,7 @@ Interpolate between the codes of two digits, and decode random codes. The VAE's 
 codes live ($\\mathcal N(0, I)$), so random draws decode to plausible digits; an autoencoder's codes occupy some
 unknown region, and a Gaussian draw matched to their first two moments often falls off it.""", """from elbokit.autoencoder import interpolate
 vae = ek.VAE(64, 8, hidden=(64,), seed=0)
-vae.fit(train, epochs=25, batch_size=64, lr=3e-3, progress=False)
+vae.fit(train, epochs=15, batch_size=64, lr=3e-3, progress=False)
 fig, ax = plt.subplots(2, 8, figsize=(10, 2.8))
 for row, model in enumerate((aes["plain"], vae)):
     _, dec = interpolate(model, test[0], test[5], n_steps=8)
