@@ -84,6 +84,15 @@ void bind_vae_t(py::module_& m, const char* name) {
         return py::make_tuple(J, t.reconstruction, t.kl, t.kl_per_dim, grad);
       }, py::arg("x"), py::arg("eps"), py::arg("n_samples"), py::arg("kl"), py::arg("beta"), py::arg("free_bits"),
            py::arg("scale"), "-> (objective, reconstruction (B), kl (B), kl_per_dim (B, Z), scale * dJ/dtheta (P)).")
+      .def("encoder_backward", [](M& v, CRef x, CRef dmu, CRef dlogvar) {
+        Vec<T> grad = Vec<T>::Zero(v.num_params());
+        {
+          py::gil_scoped_release nogil;
+          v.encoder_backward(x, dmu, dlogvar, grad.data());
+        }
+        return grad;
+      }, py::arg("x"), py::arg("dmu"), py::arg("dlogvar"),
+           "x (B, D), dmu and dlogvar (B, Z) = dJ/d(mu, logvar) -> dJ/dtheta (P) (encoder entries only).")
       .def("log_likelihood", [](M& v, CRef x, Index K, uint64_t seed) {
         py::gil_scoped_release nogil;
         return v.log_likelihood(x, K, seed);

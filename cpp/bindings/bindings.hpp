@@ -7,4 +7,7 @@ void bind_rng(pybind11::module_& m);
 void bind_vae(pybind11::module_& m);
 void bind_hvae(pybind11::module_& m);
 void bind_diffusion(pybind11::module_& m);
+void bind_flows(pybind11::module_& m);
+void bind_autoencoder(pybind11::module_& m);
+void bind_surgery(pybind11::module_& m);
 }  // namespace elbokit_py

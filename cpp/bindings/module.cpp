@@ -17,4 +17,7 @@ PYBIND11_MODULE(_core, m) {
   elbokit_py::bind_vae(m);
   elbokit_py::bind_hvae(m);
   elbokit_py::bind_diffusion(m);
+  elbokit_py::bind_flows(m);
+  elbokit_py::bind_autoencoder(m);
+  elbokit_py::bind_surgery(m);
 }

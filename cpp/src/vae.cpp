@@ -79,6 +79,35 @@ void VAE<T>::encode(CMatRef<T> x, Mat<T>& mu, Mat<T>& logvar) {
   logvar = work_.lv;
 }
 
+// encoder_backward_raw: given dmu, dlv (B, Z) = ∂J/∂(mu, logvar) and the activations of the last
+// encode_raw(x), accumulates ∂J/∂φ of both heads and the encoder trunk into grad (P).
+template <class T>
+void VAE<T>::encoder_backward_raw(const T* x, Index B, const T* dmu, const T* dlv, Work& w, T* grad) {
+  const T* p = params_.data();
+  const T* h = enc_.layers.empty() ? x : w.enc.post.back().data();
+  if (enc_.layers.empty()) {
+    linear_backward<T>(nullptr, grad + mu_.w, grad + mu_.b, dmu, h, p + mu_.w, B, mu_.in, mu_.out);
+    linear_backward<T>(nullptr, grad + lv_.w, grad + lv_.b, dlv, h, p + lv_.w, B, lv_.in, lv_.out);
+  } else {
+    w.dh.setZero(B, mu_.in);
+    linear_backward(w.dh.data(), grad + mu_.w, grad + mu_.b, dmu, h, p + mu_.w, B, mu_.in, mu_.out);
+    linear_backward(w.dh.data(), grad + lv_.w, grad + lv_.b, dlv, h, p + lv_.w, B, lv_.in, lv_.out);
+    enc_.backward<T>(p, grad, x, B, w.enc, w.dh.data(), nullptr);
+  }
+}
+
+// encoder_backward: the vector-Jacobian product of the encoder at x (used by the score-function
+// estimator, MATH.md §2, which needs ∇_φ log q(z|x) = backward of (∂ log q/∂mu, ∂ log q/∂logvar)).
+template <class T>
+void VAE<T>::encoder_backward(CMatRef<T> x, CMatRef<T> dmu, CMatRef<T> dlogvar, T* grad) {
+  check_cols("x", x.rows(), x.cols(), cfg_.x_dim);
+  check_shape("dmu", dmu.rows(), dmu.cols(), x.rows(), cfg_.z_dim);
+  check_shape("dlogvar", dlogvar.rows(), dlogvar.cols(), x.rows(), cfg_.z_dim);
+  std::lock_guard<std::mutex> lock(mutex_);
+  encode_raw(x.data(), x.rows(), work_);
+  encoder_backward_raw(x.data(), x.rows(), dmu.data(), dlogvar.data(), work_, grad);
+}
+
 template <class T>
 Mat<T> VAE<T>::decode(CMatRef<T> z, bool mean) {
   check_cols("z", z.rows(), z.cols(), cfg_.z_dim);
@@ -220,16 +249,7 @@ double VAE<T>::objective_grad(CMatRef<T> x, CMatRef<T> eps, Index S, KLMode kl, 
   else
     kl_mc_backward(w.dmu.data(), w.dlv.data(), coef.data(), w.z.data(), eps.data(), w.sigma.data(), S, B, Z);
   // 4. encoder: both heads, then the trunk (no gradient with respect to x)
-  const T* h = enc_.layers.empty() ? x.data() : w.enc.post.back().data();
-  if (enc_.layers.empty()) {
-    linear_backward<T>(nullptr, grad + mu_.w, grad + mu_.b, w.dmu.data(), h, p + mu_.w, B, mu_.in, mu_.out);
-    linear_backward<T>(nullptr, grad + lv_.w, grad + lv_.b, w.dlv.data(), h, p + lv_.w, B, lv_.in, lv_.out);
-  } else {
-    w.dh.setZero(B, mu_.in);
-    linear_backward(w.dh.data(), grad + mu_.w, grad + mu_.b, w.dmu.data(), h, p + mu_.w, B, mu_.in, mu_.out);
-    linear_backward(w.dh.data(), grad + lv_.w, grad + lv_.b, w.dlv.data(), h, p + lv_.w, B, lv_.in, lv_.out);
-    enc_.backward<T>(p, grad, x.data(), B, w.enc, w.dh.data(), nullptr);
-  }
+  encoder_backward_raw(x.data(), B, w.dmu.data(), w.dlv.data(), w, grad);
   if (terms) *terms = std::move(t);
   return J;
 }

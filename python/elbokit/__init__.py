@@ -14,6 +14,10 @@ from .results import ElboResult, History, mean_stderr
 from .vae import VAE
 from .hvae import HVAE, HElboResult
 from .diffusion import Diffusion, DiffusionElbo
+from . import estimators, exact, flows, kl
+from .autoencoder import Autoencoder
+from .flows import Flow
+from .surgery import SurgeryResult, surgery
 
 __version__ = "0.1.0"
 
@@ -27,5 +31,6 @@ def get_num_threads() -> int:
     return _core.num_threads()
 
 
-__all__ = ["VAE", "HVAE", "HElboResult", "Diffusion", "DiffusionElbo", "ElboResult", "History", "load", "datasets", "random", "mean_stderr",
-           "set_num_threads", "get_num_threads", "__version__"]
+__all__ = ["VAE", "HVAE", "HElboResult", "Diffusion", "DiffusionElbo", "ElboResult", "History", "load", "datasets",
+           "random", "mean_stderr", "set_num_threads", "get_num_threads", "__version__",
+           "exact", "kl", "estimators", "surgery", "SurgeryResult", "flows", "Flow", "Autoencoder"]

@@ -202,6 +202,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     demo.set_defaults(handler=_demo)
 
+    surg = commands.add_parser("surgery", help="ELBO surgery of a saved model: average KL = KL(q_agg || p) + I[x; z]",
+                               description="Loads a model saved by 'elbokit train' (or model.save) and splits its "
+                                           "held-out average KL to the prior into the marginal KL and the mutual "
+                                           "information (MATH.md section 4), with standard errors.")
+    surg.add_argument("model_file", metavar="MODEL", help="a saved model file (model.elbokit)")
+    surg.add_argument("--data", choices=datasets.DATASETS, default="digits", help="data set (default digits)")
+    surg.add_argument("--n-samples", type=_positive_int, default=8, help="samples z ~ q(z|x) per point (default 8)")
+    surg.add_argument("--seed", type=_count, default=0, help="seed of the samples (default 0)")
+    surg.add_argument("--json", default=None, metavar="PATH", help="also write the numbers to this JSON file")
+    surg.set_defaults(handler=_surgery)
+
     info = commands.add_parser("info", help="version, threads, supported dtypes, models and data sets")
     info.set_defaults(handler=_info)
     return parser
@@ -236,6 +247,20 @@ def _info(args) -> int:
     ]
     for k, v in rows:
         print(f"{k:>14s}  {v}")
+    return 0
+
+
+def _surgery(args) -> int:
+    """`surgery MODEL`: ek.surgery on the held-out split of --data (MATH.md §4)."""
+    from .io import load
+    from .surgery import surgery
+    net = load(args.model_file)
+    _, test = datasets.load(args.data)
+    r = surgery(net, test, seed=args.seed, n_samples=args.n_samples)
+    print(f"{type(net).__name__} from {args.model_file} on the {test.shape[0]} held-out points of {args.data}")
+    print(r)
+    if args.json:
+        _write_json({k: getattr(r, k) for k in r.__dataclass_fields__}, args.json)
     return 0
 
 

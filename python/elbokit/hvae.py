@@ -284,6 +284,13 @@ class HVAE(_ParamModel):
             e, _ = self._eps(x.shape[0], 1, eps, 0)
         return [tuple(p) for p in self._core.encode(x, e)]
 
+    def encode_top(self, x):
+        """(mu, logvar) (n, z_L) of the top level's Gaussian, as ek.surgery uses it: exactly q(z_L|x)
+        for structure="topdown"; for "markov", q(z_L|z_{L-1}) along the chain's mean path (the
+        marginal q(z_L|x) of a Markov chain of Gaussians is not Gaussian). The surgery identity holds
+        for either; with p(z_L) = N(0, I) it splits the top level's KL."""
+        return self.encode(x)[-1]
+
     def decode(self, z, level: int = 1, logits: bool = False) -> np.ndarray:
         """The mean of p(x|...) (n, x_dim) from z (n, z_dims[level-1]) at `level` (1 = the bottom),
         passed down through the prior's conditional means; Bernoulli logits when logits=True."""

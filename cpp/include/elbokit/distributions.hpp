@@ -7,6 +7,7 @@
 #pragma once
 
 #include <limits>
+#include <vector>
 
 #include "elbokit/layers.hpp"
 
@@ -367,6 +368,44 @@ void discretized_gaussian_logpmf_backward(T* dmean, const double* coef, const T*
       const double phi = std::isinf(hi) ? 0.0 : std::exp(-0.5 * hi * hi - 0.5 * kLog2Pi - lp);
       dmean[b * D + j] += T(coef[b] * (plo - phi) / sd[b]);
     }
+  }
+}
+
+// ---- Aggregate posterior q_agg(z) = (1/N) Σ_i N(z; μ_i, diag e^{lv_i}) (MATH.md §4), the log-density
+// at M points by log-sum-exp over all N encodings: O(M·N·Z), parallel over points (each row's sum
+// in a fixed order, so results do not depend on the number of threads). Forward only: the ELBO
+// surgery evaluates it, nothing differentiates through it.
+
+// log_aggregate_forward: writes out (M) = log q_agg(z[m]) for z (M, Z), mu and logvar (N, Z).
+template <class T>
+void log_aggregate_forward(double* out, const T* z, Index M, const T* mu, const T* logvar, Index N, Index Z) {
+  std::vector<double> base(static_cast<size_t>(N)), ivar(static_cast<size_t>(N * Z));  // −½ Σ_j (log 2π + lv_ij); e^{−lv_ij}
+  for (Index i = 0; i < N; ++i) {
+    double acc = 0;
+    for (Index j = 0; j < Z; ++j) {
+      acc += kLog2Pi + double(logvar[i * Z + j]);
+      ivar[size_t(i * Z + j)] = std::exp(-double(logvar[i * Z + j]));
+    }
+    base[size_t(i)] = -0.5 * acc;
+  }
+  const double log_n = std::log(double(N));
+#pragma omp parallel for schedule(static) if (double(M) * double(N) * double(Z) > kParallelFlops)
+  for (Index m = 0; m < M; ++m) {
+    std::vector<double> lp(static_cast<size_t>(N));
+    const T* zm = z + m * Z;
+    double mx = -std::numeric_limits<double>::infinity();
+    for (Index i = 0; i < N; ++i) {
+      double q = 0;
+      for (Index j = 0; j < Z; ++j) {
+        const double e = double(zm[j]) - double(mu[i * Z + j]);
+        q += e * e * ivar[size_t(i * Z + j)];
+      }
+      lp[size_t(i)] = base[size_t(i)] - 0.5 * q;
+      mx = std::max(mx, lp[size_t(i)]);
+    }
+    double s = 0;
+    for (Index i = 0; i < N; ++i) s += std::exp(lp[size_t(i)] - mx);
+    out[m] = mx + std::log(s) - log_n;
   }
 }
 

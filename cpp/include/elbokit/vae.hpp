@@ -76,6 +76,10 @@ class VAE {
   double objective_grad(CMatRef<T> x, CMatRef<T> eps, Index S, KLMode kl, double beta, double free_bits,
                         double scale, T* grad, ElboTerms* terms);
 
+  // encoder_backward: accumulates into grad (P) the encoder parameters' part of ∂J/∂φ for
+  // dmu, dlogvar (B, Z) = ∂J/∂(mu, logvar) of q(z|x) at x (B, D).
+  void encoder_backward(CMatRef<T> x, CMatRef<T> dmu, CMatRef<T> dlogvar, T* grad);
+
   // log_likelihood: L_K per example (MATH.md §3), importance samples z_k ~ q(z|x) from
   // (seed, streams::kLogLikelihood) at index (b·K + k)·Z + j for global row b; log-sum-exp in double.
   Vec<double> log_likelihood(CMatRef<T> x, Index K, uint64_t seed);
@@ -93,6 +97,7 @@ class VAE {
   };
   void forward(const T* x, Index B, const T* eps, Index S, KLMode kl, Work& w, ElboTerms& t);
   void encode_raw(const T* x, Index B, Work& w);
+  void encoder_backward_raw(const T* x, Index B, const T* dmu, const T* dlv, Work& w, T* grad);
   Vec<T> clamped_logvar() const;
 
   VAEConfig cfg_;
