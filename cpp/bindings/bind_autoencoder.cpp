@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 
 #include "bind_train.hpp"
+#include "bind_params.hpp"
 #include "bindings.hpp"
 #include "elbokit/autoencoder.hpp"
 
@@ -16,7 +17,9 @@ template <class T>
 void bind_autoencoder_t(py::module_& m, const char* name) {
   using M = Autoencoder<T>;
   using CRef = Eigen::Ref<const Mat<T>>;
-  py::class_<M>(m, name)
+  py::class_<M> cls(m, name);
+  bind_param_methods<T, M>(cls);
+  cls
       .def(py::init([](Index x_dim, Index code_dim, std::vector<Index> hidden, std::string activation,
                        std::string code_activation, std::string kind, double noise_std, double contraction,
                        uint64_t seed) {
@@ -33,18 +36,6 @@ void bind_autoencoder_t(py::module_& m, const char* name) {
            }),
            py::arg("x_dim"), py::arg("code_dim"), py::arg("hidden"), py::arg("activation"),
            py::arg("code_activation"), py::arg("kind"), py::arg("noise_std"), py::arg("contraction"), py::arg("seed"))
-      .def("param_layout", [](const M& v) {
-        py::list out;
-        for (const ParamEntry& e : v.layout().entries) out.append(py::make_tuple(e.name, e.shape, e.offset, e.size));
-        return out;
-      }, "[(name, shape, offset, size)] of the flat parameter buffer (P).")
-      .def("get_flat", [](M& v) { return Vec<T>(v.params()); }, "A copy of the flat parameters (P).")
-      .def("set_flat", [](M& v, const Vec<T>& p) {
-        if (p.size() != v.num_params())
-          fail("params must have " + std::to_string(v.num_params()) + " entries, got " + std::to_string(p.size()));
-        check_finite("params", p.data(), p.size());
-        v.params() = p;
-      }, py::arg("flat"))
       .def("encode", [](M& v, CRef x) {
         py::gil_scoped_release nogil;
         return v.encode(x);

@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 
 #include "bind_train.hpp"
+#include "bind_params.hpp"
 #include "bindings.hpp"
 #include "elbokit/diffusion.hpp"
 
@@ -32,7 +33,9 @@ void bind_diffusion_t(py::module_& m, const char* name) {
   using M = Diffusion<T>;
   using CRef = Eigen::Ref<const Mat<T>>;
   using Steps = std::vector<Index>;
-  py::class_<M>(m, name)
+  py::class_<M> cls(m, name);
+  bind_param_methods<T, M>(cls);
+  cls
       .def(py::init([](Index x_dim, std::vector<double> betas, std::vector<Index> hidden, Index emb_dim,
                        std::string activation, std::string prediction, std::string variance, std::string data,
                        uint64_t seed) {
@@ -49,18 +52,6 @@ void bind_diffusion_t(py::module_& m, const char* name) {
            }),
            py::arg("x_dim"), py::arg("betas"), py::arg("hidden"), py::arg("emb_dim"), py::arg("activation"),
            py::arg("prediction"), py::arg("variance"), py::arg("data"), py::arg("seed"))
-      .def("param_layout", [](const M& v) {
-        py::list out;
-        for (const ParamEntry& e : v.layout().entries) out.append(py::make_tuple(e.name, e.shape, e.offset, e.size));
-        return out;
-      }, "[(name, shape, offset, size)] of the flat parameter buffer (P).")
-      .def("get_flat", [](M& v) { return Vec<T>(v.params()); }, "A copy of the flat parameters (P).")
-      .def("set_flat", [](M& v, const Vec<T>& p) {
-        if (p.size() != v.num_params())
-          fail("params must have " + std::to_string(v.num_params()) + " entries, got " + std::to_string(p.size()));
-        check_finite("params", p.data(), p.size());
-        v.params() = p;
-      }, py::arg("flat"))
       .def("schedule", [](const M& v) { return schedule_dict(v.schedule()); },
            "{betas, alphas, alphas_cumprod, posterior_variance}: arrays (T) for t = 1 … T.")
       .def("sigma2", [](const M& v) {

@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 
 #include "bind_train.hpp"
+#include "bind_params.hpp"
 #include "bindings.hpp"
 #include "elbokit/hvae.hpp"
 
@@ -35,7 +36,9 @@ template <class T>
 void bind_hvae_t(py::module_& m, const char* name) {
   using M = HVAE<T>;
   using CRef = Eigen::Ref<const Mat<T>>;
-  py::class_<M>(m, name)
+  py::class_<M> cls(m, name);
+  bind_param_methods<T, M>(cls);
+  cls
       .def(py::init([](Index x_dim, std::vector<Index> z_dims, std::vector<Index> hidden, std::string structure,
                        std::string activation, std::string likelihood, bool learned_var, double fixed_var,
                        uint64_t seed) {
@@ -52,18 +55,6 @@ void bind_hvae_t(py::module_& m, const char* name) {
            }),
            py::arg("x_dim"), py::arg("z_dims"), py::arg("hidden"), py::arg("structure"), py::arg("activation"),
            py::arg("likelihood"), py::arg("learned_var"), py::arg("fixed_var"), py::arg("seed"))
-      .def("param_layout", [](const M& v) {
-        py::list out;
-        for (const ParamEntry& e : v.layout().entries) out.append(py::make_tuple(e.name, e.shape, e.offset, e.size));
-        return out;
-      }, "[(name, shape, offset, size)] of the flat parameter buffer (P).")
-      .def("get_flat", [](M& v) { return Vec<T>(v.params()); }, "A copy of the flat parameters (P).")
-      .def("set_flat", [](M& v, const Vec<T>& p) {
-        if (p.size() != v.num_params())
-          fail("params must have " + std::to_string(v.num_params()) + " entries, got " + std::to_string(p.size()));
-        check_finite("params", p.data(), p.size());
-        v.params() = p;
-      }, py::arg("flat"))
       .def("encode", [](M& v, CRef x, std::optional<std::vector<Mat<T>>> eps) {
         std::vector<Mat<T>> mu, lv;
         Vec<T> e;

@@ -70,13 +70,8 @@ HVAE<T>::HVAE(const HVAEConfig& cfg, uint64_t seed) : cfg_(cfg) {
 }
 
 template <class T>
-Vec<T> HVAE<T>::clamped_logvar() const {  // as the VAE's (MATH.md §1): clamped to [min, max]
-  Vec<T> lv(cfg_.x_dim);
-  for (Index j = 0; j < cfg_.x_dim; ++j) {
-    const double raw = dec_lv_ >= 0 ? double(params_[dec_lv_ + j]) : std::log(cfg_.fixed_var);
-    lv[j] = T(std::min(kDecoderLogvarMax, std::max(kDecoderLogvarMin, raw)));
-  }
-  return lv;
+Vec<T> HVAE<T>::clamped_logvar() const {
+  return clamped_decoder_logvar(dec_lv_ >= 0 ? params_.data() + dec_lv_ : nullptr, cfg_.fixed_var, cfg_.x_dim);
 }
 
 template <class T>

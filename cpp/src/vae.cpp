@@ -45,12 +45,7 @@ VAE<T>::VAE(const VAEConfig& cfg, uint64_t seed) : cfg_(cfg) {
 
 template <class T>
 Vec<T> VAE<T>::clamped_logvar() const {
-  Vec<T> lv(cfg_.x_dim);
-  for (Index j = 0; j < cfg_.x_dim; ++j) {
-    const double raw = dec_lv_ >= 0 ? double(params_[dec_lv_ + j]) : std::log(cfg_.fixed_var);
-    lv[j] = T(std::min(kDecoderLogvarMax, std::max(kDecoderLogvarMin, raw)));
-  }
-  return lv;
+  return clamped_decoder_logvar(dec_lv_ >= 0 ? params_.data() + dec_lv_ : nullptr, cfg_.fixed_var, cfg_.x_dim);
 }
 
 template <class T>

@@ -7,25 +7,36 @@ import numpy as np
 from ._validation import check_choice, check_float, check_int
 from .results import History
 
-__all__ = ["fit_options", "run_fit"]
+__all__ = ["fit_options", "optimizer_options", "run_fit"]
 
 
-def fit_options(epochs, batch_size, lr, optimizer, beta, warmup_steps, free_bits, n_samples, kl, seed,
-                momentum, weight_decay, clip_norm) -> dict:
-    return dict(
+def optimizer_options(epochs, batch_size, lr, optimizer, seed, momentum, weight_decay, clip_norm) -> dict:
+    """The training loop's and optimizer's options, checked (momentum only for sgd)."""
+    opts = dict(
         epochs=check_int("epochs", epochs, 1),
         batch_size=check_int("batch_size", batch_size, 1),
         lr=check_float("lr", lr, positive=True),
         optimizer=check_choice("optimizer", optimizer, ("adam", "sgd")),
+        seed=check_int("seed", seed, 0),
+        momentum=check_float("momentum", momentum, minimum=0.0, maximum=0.999999),
+        weight_decay=check_float("weight_decay", weight_decay, minimum=0.0),
+        clip_norm=0.0 if clip_norm is None else check_float("clip_norm", clip_norm, positive=True),
+    )
+    if opts["optimizer"] == "adam":
+        opts.pop("momentum")
+    return opts
+
+
+def fit_options(epochs, batch_size, lr, optimizer, beta, warmup_steps, free_bits, n_samples, kl, seed,
+                momentum, weight_decay, clip_norm) -> dict:
+    """optimizer_options plus the variational objective's (beta, KL warm-up, free bits, samples, KL)."""
+    return dict(
+        optimizer_options(epochs, batch_size, lr, optimizer, seed, momentum, weight_decay, clip_norm),
         beta=check_float("beta", beta, minimum=0.0),
         warmup_steps=check_int("warmup_steps", warmup_steps, 0),
         free_bits=check_float("free_bits", free_bits, minimum=0.0),
         n_samples=check_int("n_samples", n_samples, 1),
         kl=check_choice("kl", kl, ("analytic", "mc")),
-        seed=check_int("seed", seed, 0),
-        momentum=check_float("momentum", momentum, minimum=0.0, maximum=0.999999),
-        weight_decay=check_float("weight_decay", weight_decay, minimum=0.0),
-        clip_norm=0.0 if clip_norm is None else check_float("clip_norm", clip_norm, positive=True),
     )
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import _core
 from . import io as _io
-from ._fit import fit_options, run_fit
+from ._fit import optimizer_options, run_fit
 from ._validation import DTYPES, as_array, as_matrix, check_choice, check_float, check_int
 from .results import mean_stderr
 from .vae import ACTIVATIONS, _check_nan, _ParamModel
@@ -302,12 +302,7 @@ class Diffusion(_ParamModel):
         d = 0.0 if ema is None else check_float("ema", ema, minimum=0.0)
         if d >= 1.0:
             raise ValueError(f"ema must be in [0, 1), got {ema}")
-        opts = fit_options(epochs, batch_size, lr, optimizer, 1.0, 0, 0.0, 1, "analytic", seed, momentum,
-                           weight_decay, clip_norm)
-        for k in ("beta", "warmup_steps", "free_bits", "n_samples", "kl"):
-            opts.pop(k)
-        if opts["optimizer"] == "adam":
-            opts.pop("momentum")
+        opts = optimizer_options(epochs, batch_size, lr, optimizer, seed, momentum, weight_decay, clip_norm)
         core = self._core
 
         class _Bound:  # run_fit calls core.fit(x, validation, options, callback)

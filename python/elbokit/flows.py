@@ -23,7 +23,7 @@ import numpy as np
 from . import _core
 from . import io as _io
 from . import random as _random
-from ._fit import fit_options, run_fit
+from ._fit import optimizer_options, run_fit
 from ._validation import DTYPES, as_array, as_matrix, check_choice, check_float, check_int
 from .vae import ACTIVATIONS, _check_nan, _ParamModel
 
@@ -169,10 +169,5 @@ class Flow(_ParamModel):
         ``train_kl`` the mean −log p(f(x))."""
         x = self._x(x)
         xv = None if validation is None else self._x(validation, "validation")
-        opts = fit_options(epochs, batch_size, lr, optimizer, 1.0, 0, 0.0, 1, "analytic", seed, momentum,
-                           weight_decay, clip_norm)
-        for k in ("beta", "warmup_steps", "free_bits", "n_samples", "kl"):
-            opts.pop(k)
-        if opts["optimizer"] == "adam":
-            opts.pop("momentum")
+        opts = optimizer_options(epochs, batch_size, lr, optimizer, seed, momentum, weight_decay, clip_norm)
         return run_fit(self._core, x, xv, opts, progress, desc="Flow")

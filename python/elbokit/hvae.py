@@ -341,12 +341,7 @@ class HVAE(_ParamModel):
         x = self._x(x)
         return np.array([int((np.var(mu.astype(np.float64), axis=0) > 0.01).sum()) for mu, _ in self.encode(x)])
 
-    def decoder_variance(self) -> np.ndarray:
-        """Gaussian decoder: the variance of p(x|z_1) per dimension (x_dim,), after the clamp of its
-        log-variance to [-10, 10]."""
-        if self.likelihood != "gaussian":
-            raise ValueError("decoder_variance needs likelihood='gaussian', got 'bernoulli'")
-        return np.exp(np.asarray(self._core.decoder_logvar(), dtype=np.float64))
+    decoder_variance = VAE.decoder_variance
 
     # -- training -------------------------------------------------------------------------------
     def fit(self, x, epochs: int = 20, batch_size: int = 128, lr: float = 1e-3, optimizer: str = "adam",
@@ -365,6 +360,4 @@ class HVAE(_ParamModel):
         xv = None if validation is None else self._x(validation, "validation")
         opts = fit_options(epochs, batch_size, lr, optimizer, beta, warmup_steps, free_bits, n_samples, kl, seed,
                            momentum, weight_decay, clip_norm)
-        if opts["optimizer"] == "adam":
-            opts.pop("momentum")
         return run_fit(self._core, x, xv, opts, progress, desc="HVAE")

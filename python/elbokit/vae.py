@@ -264,6 +264,4 @@ class VAE(_ParamModel):
         xv = None if validation is None else self._x(validation, "validation")
         opts = fit_options(epochs, batch_size, lr, optimizer, beta, warmup_steps, free_bits, n_samples, kl, seed,
                            momentum, weight_decay, clip_norm)
-        if opts["optimizer"] == "adam":
-            opts.pop("momentum")
         return run_fit(self._core, x, xv, opts, progress, desc="VAE")

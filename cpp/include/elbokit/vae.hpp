@@ -23,6 +23,17 @@ namespace elbokit {
 // is zero outside it) so that no exp overflows (MATH.md §1).
 constexpr double kDecoderLogvarMin = -10.0, kDecoderLogvarMax = 10.0;
 
+// The Gaussian decoder's log-variance (D), clamped: the learned one (raw, D) or log(fixed_var).
+template <class T>
+Vec<T> clamped_decoder_logvar(const T* raw, double fixed_var, Index D) {
+  Vec<T> lv(D);
+  for (Index j = 0; j < D; ++j) {
+    const double v = raw ? double(raw[j]) : std::log(fixed_var);
+    lv[j] = T(std::min(kDecoderLogvarMax, std::max(kDecoderLogvarMin, v)));
+  }
+  return lv;
+}
+
 enum class Likelihood { Bernoulli, Gaussian };
 enum class KLMode { Analytic, MonteCarlo };
 
