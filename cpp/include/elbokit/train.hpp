@@ -129,6 +129,10 @@ struct has_after_step : std::false_type {};
 template <class M>
 struct has_after_step<M, std::void_t<decltype(std::declval<M&>().after_step(uint64_t(0)))>> : std::true_type {};
 
+// Rows of the training data on which fit counts active units each epoch when it has no validation
+// data: enough for the variance of an encoder mean, and a bounded cost per epoch.
+constexpr Index kActiveUnitRows = 2048;
+
 // β at global step t: KL warm-up rises linearly from 0 (MATH.md §2).
 inline double beta_at(const FitOptions& o, Index step) {
   if (o.warmup_steps <= 0) return o.beta;
@@ -211,8 +215,8 @@ void fit(Model& model, const T* x, Index N, const T* xval, Index Nval, const Fit
       hist.val_reconstruction.push_back(v.reconstruction);
       hist.val_kl.push_back(v.kl);
       hist.active_units.push_back(model.active_units(xval, Nval));
-    } else {
-      hist.active_units.push_back(model.active_units(x, N));
+    } else {  // without validation data: the first kActiveUnitRows training rows (a variance estimate)
+      hist.active_units.push_back(model.active_units(x, std::min(N, kActiveUnitRows)));
     }
     if (progress) {
       Progress p;
