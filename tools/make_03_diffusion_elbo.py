@@ -1,4 +1,4 @@
-"""Writes notebooks/03_diffusion_elbo.ipynb (without outputs): python notebooks/make_03_diffusion_elbo.py"""
+"""Writes notebooks/03_diffusion_elbo.ipynb (without outputs): python tools/make_03_diffusion_elbo.py"""
 import os
 
 import nbformat as nbf
@@ -88,6 +88,6 @@ ax[3].set_title("trajectories x_T -> x_0"); plt.show()
 assert np.all(np.abs(s.mean(0) - x.mean(0)) < 0.15) and np.all(np.abs(s.std(0) / x.std(0) - 1) < 0.15)"""),
 ]
 nb = nbf.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
-path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "03_diffusion_elbo.ipynb")
+path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "notebooks", "03_diffusion_elbo.ipynb")
 nbf.write(nb, path)
 print("wrote", path)

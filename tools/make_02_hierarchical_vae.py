@@ -1,4 +1,4 @@
-"""Writes notebooks/02_hierarchical_vae.ipynb (without outputs): python notebooks/make_02_hierarchical_vae.py"""
+"""Writes notebooks/02_hierarchical_vae.ipynb (without outputs): python tools/make_02_hierarchical_vae.py"""
 import os
 
 import nbformat as nbf
@@ -136,6 +136,6 @@ print("one-level HVAE == VAE:", list(h1.parameters())[:4], "...")"""),
 nb = nbf.v4.new_notebook()
 nb["cells"] = cells
 nb["metadata"] = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
-path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "02_hierarchical_vae.ipynb")
+path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "notebooks", "02_hierarchical_vae.ipynb")
 nbf.write(nb, path)
 print("wrote", path)
