@@ -1,32 +1,34 @@
 #!/usr/bin/env python
 """elbokit against PyTorch, and against the machine's limit.
 
-    python benchmarks/run.py                      # every case, full sizes (~1 min when the 2 cores are quiet)
+    python benchmarks/run.py                      # every case, full sizes (~2 min when the 2 cores are quiet)
     python benchmarks/run.py --quick --cases 2,3  # a smoke run
     python benchmarks/run.py --json out.json --threads 2
 
 Each case runs an elbokit computation and the same computation written in PyTorch
-(benchmarks/torch_models.py): same architecture, same initial weights (``vae.parameters()``
+(benchmarks/torch_models.py): same architecture, same initial weights (``model.parameters()``
 loaded into the torch module), same data, same batches, same noise, float32, the same number of
 threads. The two alternate inside one loop (elbokit first on even repeats, PyTorch first on odd
 ones), warm-up excluded; the reported rate is the median over repeats.
 
 No speed may come from doing less: before timing, every case runs both frameworks on identical
-inputs and compares what they computed (the ELBO after training, the per-example ELBO, L_K);
+inputs and compares what they computed (the ELBO or diffusion loss after training, the
+per-example ELBO, L_K, the DDPM samples); some cases check the output of their first timed run;
 a row's ``check`` is "ok" only when they agree within the stated tolerance.
 
 Noise: the engine draws its own (Philox) noise inside each call; PyTorch is handed the same
-numbers (``ek.random.normal`` with the engine's streams), precomputed outside its timed region.
+numbers (``ek.random.normal`` / ``uniform`` / ``permutation`` with the engine's streams),
+precomputed outside its timed region.
 Random-number generation therefore counts against elbokit only.
 
 FLOP counts (``flops_*`` below) count only the matrix products, the useful ones:
 a linear layer in -> out on B rows costs 2*B*in*out forward; its backward costs 2*B*in*out for
-dW plus 2*B*in*out for dX, except for a layer whose input is the data (the first encoder layer),
-whose dX neither framework computes. Element-wise work (activations, softplus, exp, Adam) is not
+dW plus 2*B*in*out for dX, except for a layer whose input is the data (the first encoder layer,
+the eps-network's first layer), whose dX neither framework computes. Element-wise work (activations, softplus, exp, Adam) is not
 counted. The machine's peak is the best run of two large float32 GEMMs (numpy ``@`` on its
 OpenBLAS, ``torch.mm``) with the same threads; "% peak" is elbokit's GFLOP/s over it.
 
-Ratios: > 1 means elbokit is better. Rates (steps/s, examples/s): elbokit / PyTorch. Memory:
+Ratios: > 1 means elbokit is better. Rates (steps/s, examples/s, points/s): elbokit / PyTorch. Memory:
 PyTorch MiB / elbokit MiB. Thread scaling: elbokit's 2-over-1 speed-up / PyTorch's.
 """
 from __future__ import annotations
@@ -47,16 +49,27 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 FULL = dict(repeats=7, gemm_n=2048, gemm_repeats=7,
             c1_steps=20, c1_epochs=2,      # 2560 rows, batch 128: 40 steps per timed run
             c2_steps=20, c2_epochs=10,     # 1280 rows, batch 64: 200 steps per timed run
-            c3_n=10000, c4_n=1000, c4_k=1000, c4_repeats=3, c8_repeats=5)
+            c3_n=10000, c4_n=1000, c4_k=1000, c4_repeats=3,
+            c5_steps=20, c5_epochs=5,      # 2560 rows, batch 128: 100 steps per timed run
+            c6_steps=10, c6_epochs=6,      # 5120 rows, batch 512: 60 steps per timed run
+            c7_n=10000, c7_t=1000, c7_repeats=2,  # ~20 s per elbokit run: 2 repeats
+            c8_repeats=5)
 QUICK = dict(repeats=3, gemm_n=1024, gemm_repeats=3,
              c1_steps=5, c1_epochs=1, c2_steps=10, c2_epochs=2,
-             c3_n=2000, c4_n=16, c4_k=1000, c4_repeats=2, c8_repeats=3)
+             c3_n=2000, c4_n=16, c4_k=1000, c4_repeats=2,
+             c5_steps=5, c5_epochs=2, c6_steps=4, c6_epochs=2, c7_n=2000, c7_t=100, c7_repeats=2,
+             c8_repeats=3)
 
 FMNIST = dict(x_dim=784, z_dim=20, hidden=(400,), batch=128)
 DIGITS = dict(x_dim=64, z_dim=8, hidden=(128, 128), batch=64)
+HVAE = dict(x_dim=64, z_dims=(16, 8, 4), hidden=(128,), batch=128)        # case 5, markov, on digits
+DIFFUSION = dict(x_dim=2, hidden=(256, 256, 256), emb_dim=32, batch=512)   # cases 6, 7, on the swiss roll
+LR = 1e-3
+ACTIVE_UNIT_ROWS = 2048  # fit's per-epoch active-units pass encodes this many training rows (train.hpp)
 
 TRAIN_RTOL = 1e-3   # ELBO after the same training steps (float32 rounding accumulates over steps)
 EVAL_RTOL = 1e-4    # mean per-example ELBO / L_K on the same weights and noise
+SAMPLE_RTOL = 1e-3  # DDPM samples after all T steps with the same noise: max |diff| over mean |x|
 SEED = 0
 
 # Targets (moonshots): min ratio, and for case 1 a minimum share of the machine's peak.
@@ -87,26 +100,59 @@ def set_threads(n: int) -> None:
 
 
 # ----------------------------------------------------------------------------- FLOPs
+def mlp_layers(in_dim, hidden, out_dim, heads=1):
+    """(in, out) of an MLP's linear layers: the trunk in_dim -> hidden..., then `heads` output
+    layers of out_dim (2 for a Gaussian's mean and log-variance)."""
+    dims = [in_dim, *hidden]
+    return [(dims[i], dims[i + 1]) for i in range(len(hidden))] + [(dims[-1], out_dim)] * heads
+
+
 def layer_shapes(x_dim, z_dim, hidden):
     """(encoder layers incl. both heads, decoder layers incl. the output), each (in, out)."""
-    dims = [x_dim, *hidden]
-    enc = [(dims[i], dims[i + 1]) for i in range(len(hidden))] + [(dims[-1], z_dim)] * 2
-    ddims = [z_dim, *hidden[::-1]]
-    dec = [(ddims[i], ddims[i + 1]) for i in range(len(hidden))] + [(ddims[-1], x_dim)]
-    return enc, dec
+    return mlp_layers(x_dim, hidden, z_dim, heads=2), mlp_layers(z_dim, hidden[::-1], x_dim)
 
 
 def _mac(layers):
     return sum(i * o for i, o in layers)
 
 
+def flops_backprop(layers, rows, data_fed=()):
+    """Forward and backward of `layers` on `rows` rows: 2*rows*in*out forward, 2*rows*in*out (dW)
+    + 2*rows*in*out (dX) backward per layer, no dX for the layers fed by the data (`data_fed`)."""
+    return 3 * 2 * rows * _mac(layers) - 2 * rows * _mac(data_fed)
+
+
 def flops_train_step(x_dim, z_dim, hidden, batch, n_samples=1):
-    """One training step: forward 2*B*in*out per layer, backward 2*B*in*out (dW) + 2*B*in*out (dX)
-    per layer, no dX for the layers fed by the data (encoder.0, or both heads when hidden=())."""
+    """One VAE training step: the encoder on B rows (no dX for encoder.0, or for both heads when
+    hidden=()), the decoder on S*B rows."""
     enc, dec = layer_shapes(x_dim, z_dim, hidden)
-    data_fed = enc[:1] if hidden else enc
-    return (3 * 2 * batch * _mac(enc) - 2 * batch * _mac(data_fed)
-            + 3 * 2 * batch * n_samples * _mac(dec))
+    return flops_backprop(enc, batch, enc[:1] if hidden else enc) + flops_backprop(dec, batch * n_samples)
+
+
+def flops_hvae_train_step(x_dim, z_dims, hidden, batch):
+    """One training step of the Markov HVAE (one sample): q(z_1|x), q(z_{l+1}|z_l), p(x|z_1) and
+    p(z_l|z_{l+1}) all on B rows; only the first encoder's first layer is fed by the data."""
+    ins = [x_dim, *z_dims[:-1]]
+    enc = [mlp_layers(i, hidden, z, heads=2) for i, z in zip(ins, z_dims)]
+    dec = [mlp_layers(z_dims[0], hidden[::-1], x_dim)]
+    dec += [mlp_layers(z_dims[l], hidden[::-1], z_dims[l - 1], heads=2) for l in range(1, len(z_dims))]
+    layers = [layer for net in enc + dec for layer in net]
+    return flops_backprop(layers, batch, enc[0][:1] if hidden else enc[0])
+
+
+def eps_net_layers(x_dim, hidden, emb_dim):
+    """The diffusion eps-network on concat(x_t, emb(t)) (its first layer is fed by the data)."""
+    return mlp_layers(x_dim + emb_dim, hidden, x_dim)
+
+
+def flops_diffusion_train_step(x_dim, hidden, emb_dim, batch):
+    layers = eps_net_layers(x_dim, hidden, emb_dim)
+    return flops_backprop(layers, batch, layers[:1])
+
+
+def flops_ddpm_sample(x_dim, hidden, emb_dim, steps):
+    """One point's whole chain: the eps-network forward at each of the T steps."""
+    return 2 * steps * _mac(eps_net_layers(x_dim, hidden, emb_dim))
 
 
 def flops_elbo(x_dim, z_dim, hidden, n, n_samples=1):
@@ -137,6 +183,19 @@ def alternate(runs, repeats: int, pause: float = 0.01):
             fn()
             out[name].append(time.perf_counter() - t0)
     return out
+
+
+def alternate_keep_first(runs, repeats: int):
+    """alternate(), also keeping each fn's output from its first timed call: the check of a case
+    too long to run once more just for it. Returns (name -> list of seconds, name -> output)."""
+    outs = {}
+
+    def keep(name, fn):
+        def f():
+            out = fn()
+            outs.setdefault(name, out)
+        return f
+    return alternate([(name, prepare, keep(name, fn)) for name, prepare, fn in runs], repeats), outs
 
 
 def median(xs):
@@ -185,6 +244,16 @@ def rel(a, b) -> float:
     return abs(float(a) - float(b)) / max(abs(float(b)), 1e-30)
 
 
+def compare_per_example(a, b, name):
+    """(check, detail) for per-example values a (elbokit) and b (PyTorch) of the same inputs: the
+    means within EVAL_RTOL, the worst example within 10 * EVAL_RTOL of the mean |b|."""
+    d_mean, d_max = rel(a.mean(), b.mean()), float(np.max(np.abs(a - b)) / np.mean(np.abs(b)))
+    ok = d_mean <= EVAL_RTOL and d_max <= 10 * EVAL_RTOL
+    detail = (f"mean {name} {a.mean():.4f} vs {b.mean():.4f} (rel {d_mean:.1e}), max per-example diff "
+              f"{d_max:.1e} of mean |{name}|; tol {EVAL_RTOL:g} / {10 * EVAL_RTOL:g}")
+    return ("ok" if ok else "FAIL"), detail
+
+
 # ----------------------------------------------------------------------------- rows
 def row(case, elbokit, pytorch, unit, ratio, **extra):
     r = dict(case=case, elbokit=elbokit, pytorch=pytorch, unit=unit, ratio=ratio)
@@ -231,91 +300,200 @@ def bench_peak(cfg):
 
 
 # ----------------------------------------------------------------------------- training cases
+def split_levels(flat, n, z_dims):
+    """The engine's level-blocked HVAE noise: a flat vector of n*sum(z_dims) numbers, level l being
+    the block (n, z_l) (one sample)."""
+    out, off = [], 0
+    for z in z_dims:
+        out.append(flat[off:off + n * z].reshape(n, z))
+        off += n * z
+    return out
+
+
 class TrainCase:
-    """elbokit's fit against the equivalent PyTorch loop, from the same initial weights.
+    """elbokit's fit against the equivalent PyTorch loop (tm.train_loop), from the same initial weights.
 
     x has steps*batch rows, so each epoch is `steps` full minibatches; a timed run is
-    vae.fit(x, epochs, batch) (a fresh Adam, global steps 0..epochs*steps-1) on the elbokit side
-    and the same steps with a fresh torch.optim.Adam on the PyTorch side. The first run of each
-    (from identical weights) is the equivalence check and the warm-up."""
+    model.fit(x, epochs, batch) (a fresh Adam, global steps 0..epochs*steps-1) on the elbokit side
+    and the same steps with a fresh torch.optim.Adam on the PyTorch side, the rows of epoch e in
+    the order ek.random.permutation(n, SEED, STREAMS['shuffle'] + e) and global step t's noise
+    precomputed by step_noise(t, b). The first run of each (from identical weights) is the
+    equivalence check and the warm-up.
 
-    def __init__(self, arch, x, x_eval, epochs, adam_impl):
-        self.arch, self.x, self.x_eval, self.epochs = arch, x, x_eval, epochs
-        B, Z = arch["batch"], arch["z_dim"]
-        self.B = B
-        self.vae = ek.VAE(arch["x_dim"], Z, hidden=arch["hidden"], likelihood="bernoulli", seed=SEED)
-        self.model = tm.TorchVAE.from_elbokit(self.vae)
-        self.adam_impl = adam_impl
+    A subclass builds self.ek_model (with fit) and self.model (the torch module), sets
+    self.loss_fn (tm's batch loss), self.flops (per step) and defines step_noise and held_out."""
+    metric = "ELBO"          # compared by check: fit's train_elbo and a held-out ELBO
+    fit_kwargs = {}
+    encodes_each_epoch = True  # fit ends each epoch with an active-units pass (the VAEs)
+
+    def __init__(self, x, x_eval, epochs, batch, adam_impl):
+        self.x, self.x_eval, self.epochs, self.B, self.adam_impl = x, x_eval, epochs, batch, adam_impl
         n = len(x)
-        steps = epochs * -(-n // B)
         S = ek.random.STREAMS
         self.perms = [torch.from_numpy(ek.random.permutation(n, SEED, S["shuffle"] + e)) for e in range(epochs)]
-        self.noise = []
-        for e in range(epochs):
-            for k in range(0, n, B):
-                t = len(self.noise)
-                b = min(B, n - k)
-                self.noise.append(torch.from_numpy(
-                    ek.random.normal((1, b, Z), SEED, S["train_noise"] + t).astype(np.float32)))
-        assert len(self.noise) == steps
-        self.steps = steps
+        sizes = [min(batch, n - k) for k in range(0, n, batch)] * epochs
+        self.noise = [self.step_noise(t, b) for t, b in enumerate(sizes)]
+        self.steps = len(sizes)
         self.xt = torch.from_numpy(x)
-        self.flops = flops_train_step(arch["x_dim"], Z, arch["hidden"], B)
+
+    def step_noise(self, t, b):
+        """The noise the engine draws at global step t for a batch of b rows, as torch inputs."""
+        raise NotImplementedError
+
+    def held_out(self):
+        """(elbokit, PyTorch) value of the metric on x_eval with the same noise, after training."""
+        raise NotImplementedError
+
+    def train_values(self, hist, pt_loss):
+        """(elbokit, PyTorch) training metric of the last epoch: fit's train_elbo and minus the torch
+        loop's mean loss (the negative ELBO)."""
+        return float(hist["train_elbo"][-1]), -pt_loss
 
     def run_elbokit(self):
-        return self.vae.fit(self.x, epochs=self.epochs, batch_size=self.B, lr=1e-3, optimizer="adam",
-                            seed=SEED, progress=False)
+        return self.ek_model.fit(self.x, epochs=self.epochs, batch_size=self.B, lr=LR, optimizer="adam",
+                                 seed=SEED, progress=False, **self.fit_kwargs)
 
     def run_pytorch(self):
-        opt = tm.make_adam(self.model, lr=1e-3, impl=self.adam_impl)
-        return tm.train_epochs(self.model, opt, self.xt, self.perms, self.noise, self.B)
+        opt = tm.make_adam(self.model, lr=LR, impl=self.adam_impl)
+        return tm.train_loop(self.model, opt, self.xt, self.perms, self.noise, self.B, self.loss_fn)
 
     def check(self):
-        """Both from the same weights: the last epoch's training ELBO and the ELBO of held-out
-        rows (same eps) after training must agree to TRAIN_RTOL."""
-        hist = self.run_elbokit()
-        pt_train = self.run_pytorch()
-        ek_train = float(hist["train_elbo"][-1])
-        eps = ek.random.normal((1, len(self.x_eval), self.arch["z_dim"]), 123)
-        ek_eval = float(self.vae.elbo(self.x_eval, eps=eps).elbo.mean())
-        with torch.no_grad():
-            pt_eval = float(tm.elbo_terms(self.model, torch.from_numpy(self.x_eval),
-                                          torch.from_numpy(eps.astype(np.float32)))[0].mean())
+        """Both from the same weights: the last epoch's training metric and the held-out one after
+        training must agree to TRAIN_RTOL."""
+        ek_train, pt_train = self.train_values(self.run_elbokit(), self.run_pytorch())
+        ek_eval, pt_eval = self.held_out()
         d_train, d_eval = rel(ek_train, pt_train), rel(ek_eval, pt_eval)
         ok = d_train <= TRAIN_RTOL and d_eval <= TRAIN_RTOL and math.isfinite(ek_eval)
-        detail = (f"after {self.steps} steps: train ELBO {ek_train:.4f} vs {pt_train:.4f} (rel {d_train:.1e}), "
-                  f"held-out ELBO {ek_eval:.4f} vs {pt_eval:.4f} (rel {d_eval:.1e}); tol {TRAIN_RTOL:g}")
+        m = self.metric
+        detail = (f"after {self.steps} steps: train {m} {ek_train:.4f} vs {pt_train:.4f} (rel {d_train:.1e}), "
+                  f"held-out {m} {ek_eval:.4f} vs {pt_eval:.4f} (rel {d_eval:.1e}); tol {TRAIN_RTOL:g}")
         return ("ok" if ok else "FAIL"), detail
 
     def timed(self, repeats):
-        """Also times vae.encode(x): fit ends each epoch with an active-units diagnostic, an
-        encoder pass over the training rows, which the torch loop does not do."""
-        t = alternate([("ek", None, self.run_elbokit), ("pt", None, self.run_pytorch),
-                       ("enc", None, lambda: self.vae.encode(self.x))], repeats)
-        share = self.epochs * median(t["enc"]) / median(t["ek"])
+        """(elbokit seconds, PyTorch seconds, share of elbokit's time in fit's active-units passes or
+        None). The share times model.encode of the first ACTIVE_UNIT_ROWS rows, the encoder pass fit
+        runs at each epoch's end, which the torch loop does not do."""
+        runs = [("ek", None, self.run_elbokit), ("pt", None, self.run_pytorch)]
+        if self.encodes_each_epoch:
+            x_au = self.x[:ACTIVE_UNIT_ROWS]
+            runs.append(("enc", None, lambda: self.ek_model.encode(x_au)))
+        t = alternate(runs, repeats)
+        share = self.epochs * median(t["enc"]) / median(t["ek"]) if self.encodes_each_epoch else None
         return t["ek"], t["pt"], share
 
 
-def case_train(number, name, arch, x, x_eval, epochs, cfg, peak, threads):
-    c = TrainCase(arch, x, x_eval, epochs, cfg["adam"])
+class VAETrainCase(TrainCase):
+    """ek.VAE (Bernoulli) against tm.TorchVAE; step t's noise (1, b, z_dim) from STREAMS['train_noise'] + t."""
+
+    def __init__(self, arch, x, x_eval, epochs, adam_impl):
+        self.arch = arch
+        self.ek_model = ek.VAE(arch["x_dim"], arch["z_dim"], hidden=arch["hidden"], likelihood="bernoulli", seed=SEED)
+        self.model = tm.TorchVAE.from_elbokit(self.ek_model)
+        self.loss_fn = tm.vae_loss
+        self.flops = flops_train_step(arch["x_dim"], arch["z_dim"], arch["hidden"], arch["batch"])
+        super().__init__(x, x_eval, epochs, arch["batch"], adam_impl)
+
+    def step_noise(self, t, b):
+        return torch.from_numpy(ek.random.normal((1, b, self.arch["z_dim"]), SEED,
+                                                 ek.random.STREAMS["train_noise"] + t).astype(np.float32))
+
+    def held_out(self):
+        eps = ek.random.normal((1, len(self.x_eval), self.arch["z_dim"]), 123)
+        ek_eval = float(self.ek_model.elbo(self.x_eval, eps=eps).elbo.mean())
+        with torch.no_grad():
+            pt_eval = float(tm.elbo_terms(self.model, torch.from_numpy(self.x_eval),
+                                          torch.from_numpy(eps.astype(np.float32)))[0].mean())
+        return ek_eval, pt_eval
+
+
+class HVAETrainCase(TrainCase):
+    """ek.HVAE (markov, Bernoulli, analytic KL, one sample) against tm.TorchHVAE; step t's noise is
+    ek.random.normal(b * sum(z_dims), SEED, STREAMS['train_noise'] + t) in level blocks (b, z_l)."""
+    fit_kwargs = dict(kl="analytic", n_samples=1)
+
+    def __init__(self, arch, x, x_eval, epochs, adam_impl):
+        self.arch = arch
+        self.ek_model = ek.HVAE(arch["x_dim"], z_dims=arch["z_dims"], hidden=arch["hidden"], structure="markov",
+                                likelihood="bernoulli", dtype="float32", seed=SEED)
+        self.model = tm.TorchHVAE.from_elbokit(self.ek_model)
+        self.loss_fn = tm.hvae_loss
+        self.flops = flops_hvae_train_step(arch["x_dim"], arch["z_dims"], arch["hidden"], arch["batch"])
+        super().__init__(x, x_eval, epochs, arch["batch"], adam_impl)
+
+    def _levels(self, n, seed, stream=0):
+        z = self.arch["z_dims"]
+        return split_levels(ek.random.normal(n * sum(z), seed, stream).astype(np.float32), n, z)
+
+    def step_noise(self, t, b):
+        return [torch.from_numpy(e) for e in self._levels(b, SEED, ek.random.STREAMS["train_noise"] + t)]
+
+    def held_out(self):
+        eps = self._levels(len(self.x_eval), 123)
+        ek_eval = float(self.ek_model.elbo(self.x_eval, eps=[e[None] for e in eps]).elbo.mean())
+        with torch.no_grad():
+            pt_eval = float(tm.hvae_elbo(self.model, torch.from_numpy(self.x_eval),
+                                         [torch.from_numpy(e) for e in eps]).mean())
+        return ek_eval, pt_eval
+
+
+class DiffusionTrainCase(TrainCase):
+    """ek.Diffusion (epsilon prediction, loss="simple") against tm.TorchDiffusion; step t draws
+    t_b = 1 + floor(T * uniform(SEED, STREAMS['diffusion_time'] + t)[b]) and eps (b, D) from
+    STREAMS['train_noise'] + t. check compares the simple loss (fit's train_loss, and on held-out
+    rows at drawn steps and noise)."""
+    metric = "loss"
+    fit_kwargs = dict(loss="simple")
+    encodes_each_epoch = False
+
+    def __init__(self, model, x, x_eval, epochs, adam_impl):
+        self.ek_model = model
+        self.model = tm.TorchDiffusion.from_elbokit(model)
+        self.loss_fn = tm.diffusion_loss
+        c = model.config
+        self.flops = flops_diffusion_train_step(c["x_dim"], c["hidden"], c["emb_dim"], DIFFUSION["batch"])
+        super().__init__(x, x_eval, epochs, DIFFUSION["batch"], adam_impl)
+
+    def _draw(self, b, seed, time_stream, noise_stream):
+        T = self.ek_model.timesteps
+        t = np.minimum(T, 1 + np.floor(T * ek.random.uniform(b, seed, time_stream)).astype(np.int64))
+        return t, ek.random.normal((b, self.ek_model.x_dim), seed, noise_stream).astype(np.float32)
+
+    def step_noise(self, t, b):
+        S = ek.random.STREAMS
+        steps, eps = self._draw(b, SEED, S["diffusion_time"] + t, S["train_noise"] + t)
+        return torch.from_numpy(steps), torch.from_numpy(eps)
+
+    def train_values(self, hist, pt_loss):
+        return float(hist["train_loss"][-1]), pt_loss
+
+    def held_out(self):
+        steps, eps = self._draw(len(self.x_eval), 123, 0, 1)
+        ek_eval = float(self.ek_model.loss(self.x_eval, steps, eps, "simple").mean())
+        with torch.no_grad():
+            pt_eval = float(tm.diffusion_losses(self.model, torch.from_numpy(self.x_eval), torch.from_numpy(steps),
+                                                torch.from_numpy(eps)).mean())
+        return ek_eval, pt_eval
+
+
+def case_train(number, name, c, cfg, peak, threads):
     set_threads(threads)
     check, detail = c.check()
     t_ek, t_pt, share = c.timed(cfg["repeats"])
+    extra = {} if share is None else dict(fit_active_units_share=share)
     return rate_row(number, name, "steps/s", c.steps, t_ek, t_pt, c.flops, peak, check, detail,
-                    threads=threads, steps_per_run=c.steps, batch=c.B, epochs=epochs,
-                    fit_active_units_share=share)
+                    threads=threads, steps_per_run=c.steps, batch=c.B, epochs=c.epochs, **extra)
 
 
 def case1(cfg, peak, threads):
     x, x_eval = fashion(FMNIST["batch"] * cfg["c1_steps"], 1000)
-    return [case_train(1, "Fashion-MNIST VAE 784-400-20 train step (batch 128, Adam)", FMNIST, x, x_eval,
-                       cfg["c1_epochs"], cfg, peak, threads)]
+    c = VAETrainCase(FMNIST, x, x_eval, cfg["c1_epochs"], cfg["adam"])
+    return [case_train(1, "Fashion-MNIST VAE 784-400-20 train step (batch 128, Adam)", c, cfg, peak, threads)]
 
 
 def case2(cfg, peak, threads):
     x, x_eval = digits(DIGITS["batch"] * cfg["c2_steps"])
-    return [case_train(2, "digits VAE 64-(128,128)-8 train step (batch 64, Adam)", DIGITS, x, x_eval,
-                       cfg["c2_epochs"], cfg, peak, threads)]
+    c = VAETrainCase(DIGITS, x, x_eval, cfg["c2_epochs"], cfg["adam"])
+    return [case_train(2, "digits VAE 64-(128,128)-8 train step (batch 64, Adam)", c, cfg, peak, threads)]
 
 
 def trained_fashion_vae():
@@ -342,15 +520,10 @@ def case3(cfg, peak, threads):
         with torch.no_grad():
             return tm.elbo_terms(model, xt, eps)[0]
 
-    a, b = run_ek(), run_pt().numpy()
-    d_mean, d_max = rel(a.mean(), b.mean()), float(np.max(np.abs(a - b)) / np.mean(np.abs(b)))
-    ok = d_mean <= EVAL_RTOL and d_max <= 10 * EVAL_RTOL
-    detail = (f"mean ELBO {a.mean():.4f} vs {b.mean():.4f} (rel {d_mean:.1e}), max per-example diff "
-              f"{d_max:.1e} of mean |ELBO|; tol {EVAL_RTOL:g} / {10 * EVAL_RTOL:g}")
+    check, detail = compare_per_example(run_ek(), run_pt().numpy(), "ELBO")
     t = alternate([("ek", None, run_ek), ("pt", None, run_pt)], cfg["repeats"])
     return [rate_row(3, f"ELBO evaluation, {n} Fashion-MNIST examples (n_samples=1)", "examples/s", n,
-                     t["ek"], t["pt"], flops_elbo(784, 20, (400,), 1), peak,
-                     "ok" if ok else "FAIL", detail, threads=threads)]
+                     t["ek"], t["pt"], flops_elbo(784, 20, (400,), 1), peak, check, detail, threads=threads)]
 
 
 def case4(cfg, peak, threads):
@@ -372,41 +545,82 @@ def case4(cfg, peak, threads):
     # warm-up on a few rows, then the check on the first timed run's output
     vae.log_likelihood(x[:4], k=K, seed=SEED)
     tm.log_likelihood(model, xt[:4], eps[:4])
-    outs = {}
-
-    def timed(name, fn):
-        def f():
-            outs.setdefault(name, fn())
-        return f
-    t = alternate([("ek", None, timed("ek", run_ek)), ("pt", None, timed("pt", run_pt))], cfg["c4_repeats"])
-    a, b = outs["ek"], outs["pt"].numpy()
-    d_mean, d_max = rel(a.mean(), b.mean()), float(np.max(np.abs(a - b)) / np.mean(np.abs(b)))
-    ok = d_mean <= EVAL_RTOL and d_max <= 10 * EVAL_RTOL
-    detail = (f"mean L_{K} {a.mean():.4f} vs {b.mean():.4f} (rel {d_mean:.1e}), max per-example diff "
-              f"{d_max:.1e} of mean |L_K|; tol {EVAL_RTOL:g} / {10 * EVAL_RTOL:g}")
+    t, outs = alternate_keep_first([("ek", None, run_ek), ("pt", None, run_pt)], cfg["c4_repeats"])
+    check, detail = compare_per_example(outs["ek"], outs["pt"].numpy(), f"L_{K}")
     return [rate_row(4, f"log-likelihood L_{K}, {n} Fashion-MNIST examples (chunked)", "examples/s", n,
-                     t["ek"], t["pt"], flops_log_likelihood(784, 20, (400,), 1, K), peak,
-                     "ok" if ok else "FAIL", detail, threads=threads)]
+                     t["ek"], t["pt"], flops_log_likelihood(784, 20, (400,), 1, K), peak, check, detail,
+                     threads=threads)]
 
 
-# Cases 5-7: models the engine does not have yet. Each function returns its rows like case1..4
-# (rate_row with a check) once the model exists; until then the row says "n/a (not implemented)".
-def _not_implemented(number, name):
-    def f(cfg, peak, threads):
-        return [row(f"{number}. {name}", None, None, None, None, kind="n/a", number=number,
-                    check="n/a", check_detail="n/a (not implemented)")]
-    return f
+def case5(cfg, peak, threads):
+    x, x_eval = digits(HVAE["batch"] * cfg["c5_steps"])
+    c = HVAETrainCase(HVAE, x, x_eval, cfg["c5_epochs"], cfg["adam"])
+    return [case_train(5, "digits HVAE 64-(128,)-(16,8,4) markov train step (batch 128, Adam)", c, cfg, peak,
+                       threads)]
 
 
-case5 = _not_implemented(5, "HVAE training step")
-case6 = _not_implemented(6, "diffusion model training step")
-case7 = _not_implemented(7, "diffusion model ELBO evaluation")
+def swiss(n, seed=0):
+    return ek.datasets.swiss_roll(n, seed=seed).astype(np.float32)
+
+
+def new_diffusion(timesteps):
+    d = DIFFUSION
+    return ek.Diffusion(d["x_dim"], timesteps=timesteps, hidden=d["hidden"], emb_dim=d["emb_dim"], dtype="float32",
+                        seed=SEED)
+
+
+def case6(cfg, peak, threads):
+    x, x_eval = swiss(DIFFUSION["batch"] * cfg["c6_steps"]), swiss(1000, seed=1)
+    c = DiffusionTrainCase(new_diffusion(1000), x, x_eval, cfg["c6_epochs"], cfg["adam"])
+    return [case_train(6, "diffusion eps-MLP 3x256 train step, 2-D swiss roll (batch 512, Adam)", c, cfg, peak,
+                       threads)]
+
+
+def trained_diffusion(timesteps):
+    """The case-6 architecture after 30 Adam steps on the swiss roll (so that checks are not at the
+    initialization)."""
+    model = new_diffusion(timesteps)
+    model.fit(swiss(DIFFUSION["batch"] * 10), epochs=3, batch_size=DIFFUSION["batch"], lr=LR, seed=SEED,
+              progress=False)
+    return model
+
+
+def case7(cfg, peak, threads):
+    n, T = cfg["c7_n"], cfg["c7_t"]
+    model = trained_diffusion(T)
+    pt = tm.TorchDiffusion.from_elbokit(model)
+    set_threads(threads)
+    # the engine's sampling noise: x_T at index i*D + j, sampling step k's z at (k*n + i)*D + j of
+    # (seed, STREAMS['sample']), k = 1 ... T-1: one (T, n, D) array
+    noise = torch.from_numpy(
+        ek.random.normal((T, n, model.x_dim), SEED, ek.random.STREAMS["sample"]).astype(np.float32))
+
+    def run_ek():
+        return model.sample(n, method="ddpm", seed=SEED)
+
+    def run_pt():
+        return tm.ddpm_sample(pt, noise)
+
+    # warm-up on a few points, then the check on the first timed run's output
+    model.sample(16, method="ddpm", seed=SEED)
+    tm.ddpm_sample(pt, noise[:, :16])
+    t, outs = alternate_keep_first([("ek", None, run_ek), ("pt", None, run_pt)], cfg["c7_repeats"])
+    a, b = outs["ek"], outs["pt"].numpy()
+    d = float(np.max(np.abs(a - b)) / np.mean(np.abs(b)))
+    ok = d <= SAMPLE_RTOL and np.isfinite(a).all()
+    detail = (f"same noise (STREAMS['sample'], exact): after {T} steps max |diff| {d:.1e} of mean |x| "
+              f"{np.mean(np.abs(b)):.3f}; sample mean {fmt_vec(a.mean(0))} vs {fmt_vec(b.mean(0))}, "
+              f"std {fmt_vec(a.std(0))} vs {fmt_vec(b.std(0))}; tol {SAMPLE_RTOL:g}")
+    h = DIFFUSION
+    return [rate_row(7, f"DDPM sampling, {n} 2-D points x {T} steps (eps-MLP 3x256)", "points/s", n,
+                     t["ek"], t["pt"], flops_ddpm_sample(h["x_dim"], h["hidden"], h["emb_dim"], T), peak,
+                     "ok" if ok else "FAIL", detail, threads=threads, steps=T)]
 
 
 def case8(cfg, peak, threads):
     """Case 1 at 1 thread and at `threads` threads, all four runs alternating."""
     x, x_eval = fashion(FMNIST["batch"] * cfg["c1_steps"], 1000)
-    c = TrainCase(FMNIST, x, x_eval, cfg["c1_epochs"], cfg["adam"])
+    c = VAETrainCase(FMNIST, x, x_eval, cfg["c1_epochs"], cfg["adam"])
     set_threads(threads)
     check, detail = c.check()
     runs = []
@@ -468,8 +682,10 @@ def memory_worker(fw, threads, quick):
     set_threads(threads)
     x, x_eval = fashion(FMNIST["batch"] * cfg["c1_steps"], 0)
     if fw == "pytorch":
-        c = TrainCase(FMNIST, x, x_eval, cfg["c1_epochs"], cfg["adam"])
-        run = c.run_pytorch
+        c = VAETrainCase(FMNIST, x, x_eval, cfg["c1_epochs"], cfg["adam"])
+
+        def run():
+            return -c.run_pytorch()  # the loop's last-epoch mean loss is minus the train ELBO
     else:
         vae = ek.VAE(784, 20, hidden=(400,), likelihood="bernoulli", seed=SEED)
 
@@ -496,7 +712,7 @@ CASES = {1: case1, 2: case2, 3: case3, 4: case4, 5: case5, 6: case6, 7: case7, 8
 def target_text(r, peak):
     n = r.get("number")
     tg = TARGETS.get(n)
-    if tg is None or r.get("kind") not in ("case", "scaling", "memory", "n/a"):
+    if tg is None or r.get("kind") not in ("case", "scaling", "memory"):
         return "", None
     parts, met = [], True
     if "ratio" in tg:
@@ -508,8 +724,6 @@ def target_text(r, peak):
     if "scaling" in tg:
         parts.append(f"elbokit >={tg['scaling']:g}x")
         met &= r["elbokit"] is not None and r["elbokit"] >= tg["scaling"]
-    if r.get("kind") == "n/a":
-        return " & ".join(parts), None
     return " & ".join(parts) + (": met" if met else ": not met"), bool(met)
 
 
@@ -527,6 +741,10 @@ def fmt(v, unit=None):
     return f"{v:.2f}"
 
 
+def fmt_vec(v):
+    return "(" + ", ".join(f"{float(c):.4f}" for c in v) + ")"
+
+
 def print_table(rows, peak, out=sys.stdout):
     head = ["case", "elbokit", "PyTorch", "unit", "ratio", "target", "ek GFLOP/s", "% peak", "check",
             "ratio (best runs)"]
@@ -537,9 +755,6 @@ def print_table(rows, peak, out=sys.stdout):
         if r.get("kind") == "peak":
             lines.append([r["case"], "-", "-", r["unit"], "-", "", fmt(r["value"]),
                           f"{r['value'] / peak:.0%}" if peak else "-", "", ""])
-            continue
-        if r.get("kind") == "n/a":
-            lines.append([r["case"], "n/a (not implemented)", "", "", "", target_text(r, peak)[0], "", "", "", ""])
             continue
         share = r.get("peak_share_elbokit")
         lines.append([r["case"], fmt(r["elbokit"], r["unit"]), fmt(r["pytorch"], r["unit"]), r["unit"] or "",
@@ -609,7 +824,7 @@ def main(argv=None):
         fn = CASES[n]
         new = fn(cfg, peak, args.threads, args.quick) if n == 9 else fn(cfg, peak, args.threads)
         for r in new:
-            if r.get("kind") in ("case", "scaling", "memory", "n/a"):
+            if r.get("kind") in ("case", "scaling", "memory"):
                 r["target"], r["target_met"] = target_text(r, peak)
         rows += new
         for r in new:
@@ -617,7 +832,8 @@ def main(argv=None):
                   f"PyTorch {fmt(r['pytorch'], r['unit'])} {r['unit'] or ''}; check {r.get('check')}: "
                   f"{r.get('check_detail', '')}", flush=True)
             if "fit_active_units_share" in r:
-                print(f"         fit's per-epoch active-units pass (vae.encode of the training rows) is "
+                print(f"         fit's per-epoch active-units pass (model.encode of up to {ACTIVE_UNIT_ROWS} "
+                      f"training rows) is "
                       f"~{r['fit_active_units_share']:.0%} of elbokit's time", flush=True)
     if "fm_src" in _CACHE or "dg_src" in _CACHE:
         print("data:", ", ".join(_CACHE[k] for k in ("fm_src", "dg_src") if k in _CACHE))

@@ -8,13 +8,18 @@ with ``load_state_dict(strict=True)``:
     encoder.{i}.weight/bias, encoder.mu.*, encoder.logvar.*   (hidden widths in order)
     decoder.{i}.weight/bias, decoder.out.*                    (hidden widths reversed)
 
+Also :class:`TorchHVAE` (``elbokit.HVAE``, structure "markov": ``encoder.{l}.*``,
+``decoder.0.*`` for p(x|z_1), ``decoder.{l}.*`` for p(z_l|z_{l+1})) and :class:`TorchDiffusion`
+(``elbokit.Diffusion`` with epsilon prediction: ``net.{i}.*``, ``net.out.*`` on
+concat(x_t, emb(t))).
+
 Every function takes its noise (and, for training, its shuffling) as arguments: the benchmark
 hands it the engine's own noise, precomputed outside the timed region, so both frameworks do
 exactly the same arithmetic and their outputs can be compared; any cost of drawing random
 numbers is then counted against elbokit only.
 
-Only the Bernoulli likelihood with analytic KL is implemented here (what the benchmark cases
-use): log p(x|z) = sum_d x_d l_d - softplus(l_d) = -BCEWithLogits(l, x), and
+Only the Bernoulli likelihood with analytic KL is implemented for the VAEs (what the benchmark
+cases use): log p(x|z) = sum_d x_d l_d - softplus(l_d) = -BCEWithLogits(l, x), and
 KL(q || N(0, I)) = -1/2 sum_j (1 + logvar_j - mu_j^2 - exp(logvar_j)).
 """
 from __future__ import annotations
@@ -26,22 +31,62 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["TorchVAE", "make_adam", "train_epochs", "elbo_terms", "log_likelihood"]
+__all__ = ["TorchVAE", "TorchHVAE", "TorchDiffusion", "make_adam", "train_loop", "train_epochs", "vae_loss",
+           "elbo_terms", "log_likelihood", "hvae_loss", "hvae_elbo", "diffusion_loss", "ddpm_sample"]
 
 ACTIVATIONS = {"relu": F.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "softplus": F.softplus,
                "elu": F.elu, "silu": F.silu, "leaky_relu": lambda t: F.leaky_relu(t, 0.01)}
 
 
-class _Decoder(nn.Module):
-    def __init__(self, z_dim: int, x_dim: int, sizes: tuple, dtype):
+def _linears(in_dim: int, sizes: tuple, dtype) -> dict:
+    """The trunk "0", "1", ...: Linear layers in_dim -> sizes[0] -> sizes[1] ..."""
+    dims = [in_dim, *sizes]
+    return {str(i): nn.Linear(dims[i], dims[i + 1], dtype=dtype) for i in range(len(sizes))}
+
+
+def _mlp(h, trunk, act):
+    """Applies the trunk's layers, each followed by the activation."""
+    for layer in trunk:
+        h = act(layer(h))
+    return h
+
+
+class _Net(nn.Module):
+    """A trunk "0", "1", ... and named heads (e.g. "out", or "mu" and "logvar"), each a Linear
+    from the trunk's last width."""
+
+    def __init__(self, in_dim: int, sizes: tuple, out_dim: int, heads: tuple, dtype):
         super().__init__()
-        dims = [z_dim, *sizes]
-        for i in range(len(sizes)):
-            self.add_module(str(i), nn.Linear(dims[i], dims[i + 1], dtype=dtype))
-        self.out = nn.Linear(dims[-1], x_dim, dtype=dtype)
+        for name, layer in _linears(in_dim, sizes, dtype).items():
+            self.add_module(name, layer)
+        width = sizes[-1] if sizes else in_dim
+        for name in heads:
+            self.add_module(name, nn.Linear(width, out_dim, dtype=dtype))
+        self.trunk = [getattr(self, str(i)) for i in range(len(sizes))]
 
 
-class TorchVAE(nn.Module):
+class _Decoder(_Net):
+    def __init__(self, z_dim: int, x_dim: int, sizes: tuple, dtype):
+        super().__init__(z_dim, sizes, x_dim, ("out",), dtype)
+
+
+class _GaussNet(_Net):
+    """A Gaussian's mean and log-variance: heads "mu" and "logvar"."""
+
+    def __init__(self, in_dim: int, sizes: tuple, z_dim: int, dtype):
+        super().__init__(in_dim, sizes, z_dim, ("mu", "logvar"), dtype)
+
+
+class _ElbokitModule(nn.Module):
+    def load_elbokit(self, params: dict):
+        """Loads elbokit's parameters (its names are this module's state_dict keys), strictly."""
+        dtype = next(self.parameters()).dtype
+        self.load_state_dict({k: torch.as_tensor(np.asarray(v)).to(dtype) for k, v in params.items()},
+                             strict=True)
+        return self
+
+
+class TorchVAE(_ElbokitModule):
     """elbokit.VAE (Bernoulli decoder) in PyTorch; state_dict keys are elbokit's parameter names."""
 
     def __init__(self, x_dim: int, z_dim: int, hidden=(400,), activation: str = "relu",
@@ -49,14 +94,8 @@ class TorchVAE(nn.Module):
         super().__init__()
         self.x_dim, self.z_dim, self.hidden = int(x_dim), int(z_dim), tuple(hidden)
         self.act = ACTIVATIONS[activation]
-        dims = [self.x_dim, *self.hidden]
-        enc = {str(i): nn.Linear(dims[i], dims[i + 1], dtype=dtype) for i in range(len(self.hidden))}
-        enc["mu"] = nn.Linear(dims[-1], self.z_dim, dtype=dtype)
-        enc["logvar"] = nn.Linear(dims[-1], self.z_dim, dtype=dtype)
-        self.encoder = nn.ModuleDict(enc)
+        self.encoder = _GaussNet(self.x_dim, self.hidden, self.z_dim, dtype)
         self.decoder = _Decoder(self.z_dim, self.x_dim, self.hidden[::-1], dtype)
-        self._enc_trunk = [self.encoder[str(i)] for i in range(len(self.hidden))]
-        self._dec_trunk = [getattr(self.decoder, str(i)) for i in range(len(self.hidden))]
 
     @classmethod
     def from_elbokit(cls, vae, dtype=torch.float32) -> "TorchVAE":
@@ -64,27 +103,147 @@ class TorchVAE(nn.Module):
         if vae.likelihood != "bernoulli":
             raise ValueError("the benchmark's TorchVAE implements the Bernoulli likelihood only")
         model = cls(vae.x_dim, vae.z_dim, vae.hidden, vae.config["activation"], dtype=dtype)
-        model.load_elbokit(vae.parameters())
-        return model
-
-    def load_elbokit(self, params: dict) -> "TorchVAE":
-        dtype = next(self.parameters()).dtype
-        self.load_state_dict({k: torch.as_tensor(np.asarray(v)).to(dtype) for k, v in params.items()},
-                             strict=True)
-        return self
+        return model.load_elbokit(vae.parameters())
 
     def encode(self, x):
-        h = x
-        for layer in self._enc_trunk:
-            h = self.act(layer(h))
-        return self.encoder["mu"](h), self.encoder["logvar"](h)
+        h = _mlp(x, self.encoder.trunk, self.act)
+        return self.encoder.mu(h), self.encoder.logvar(h)
 
     def decode(self, z):
         """Bernoulli logits."""
-        h = z
-        for layer in self._dec_trunk:
-            h = self.act(layer(h))
-        return self.decoder.out(h)
+        return self.decoder.out(_mlp(z, self.decoder.trunk, self.act))
+
+
+class TorchHVAE(_ElbokitModule):
+    """elbokit.HVAE with structure="markov" and a Bernoulli decoder, L >= 2 levels:
+    encoder.{l} is q(z_{l+1}|z_l) (z_0 = x), decoder.0 is p(x|z_1) (logits "out"), decoder.{l} is
+    p(z_l|z_{l+1}) for l = 1 ... L-1; hidden for the encoders, reversed for the decoders."""
+
+    def __init__(self, x_dim: int, z_dims=(16, 8, 4), hidden=(128,), activation: str = "relu",
+                 dtype=torch.float32):
+        super().__init__()
+        self.x_dim, self.z_dims, self.hidden = int(x_dim), tuple(z_dims), tuple(hidden)
+        if len(self.z_dims) < 2:
+            raise ValueError("TorchHVAE needs at least 2 levels (one level is TorchVAE)")
+        self.act = ACTIVATIONS[activation]
+        ins = [self.x_dim, *self.z_dims[:-1]]
+        self.encoder = nn.ModuleList(_GaussNet(i, self.hidden, z, dtype) for i, z in zip(ins, self.z_dims))
+        rev = self.hidden[::-1]
+        self.decoder = nn.ModuleList([_Decoder(self.z_dims[0], self.x_dim, rev, dtype)] +
+                                     [_GaussNet(self.z_dims[l], rev, self.z_dims[l - 1], dtype)
+                                      for l in range(1, len(self.z_dims))])
+
+    @classmethod
+    def from_elbokit(cls, hvae, dtype=torch.float32) -> "TorchHVAE":
+        if hvae.structure != "markov" or hvae.likelihood != "bernoulli":
+            raise ValueError("the benchmark's TorchHVAE implements structure='markov' with the Bernoulli likelihood")
+        model = cls(hvae.x_dim, hvae.z_dims, hvae.hidden, hvae.activation, dtype=dtype)
+        return model.load_elbokit(hvae.parameters())
+
+    def _gauss(self, net: _GaussNet, h):
+        h = _mlp(h, net.trunk, self.act)
+        return net.mu(h), net.logvar(h)
+
+    def terms(self, x, eps):
+        """(Bernoulli logits of p(x|z_1) (n, x_dim), the per-example sum of the level terms (n,))
+        along one ancestral sample of q's chain with noise eps[l] (n, z_l): the top level's analytic
+        KL(q(z_L|z_{L-1}) || N(0, I)) plus log q(z_l|z_{l-1}) - log p(z_l|z_{l+1}) at the sample for
+        l < L (log q written with eps: -1/2 (log 2 pi + logvar + eps^2) per coordinate)."""
+        h, zs, logvars = x, [], []
+        for net, e in zip(self.encoder, eps):
+            mu, lv = self._gauss(net, h)
+            h = mu + torch.exp(0.5 * lv) * e
+            zs.append(h)
+            logvars.append(lv)
+        kl = _kl(mu, lv)
+        for l in range(len(self.z_dims) - 1):
+            pm, plv = self._gauss(self.decoder[l + 1], zs[l + 1])
+            kl = kl + 0.5 * (plv - logvars[l] + (zs[l] - pm) ** 2 * torch.exp(-plv) - eps[l] * eps[l]).sum(-1)
+        dec = self.decoder[0]
+        return dec.out(_mlp(zs[0], dec.trunk, self.act)), kl
+
+
+def hvae_loss(model: TorchHVAE, xb, eps):
+    """-batch-mean ELBO of the HVAE for noise eps [(b, z_l)]."""
+    logits, kl = model.terms(xb, eps)
+    return (F.binary_cross_entropy_with_logits(logits, xb, reduction="sum") + kl.sum()) / xb.shape[0]
+
+
+def hvae_elbo(model: TorchHVAE, x, eps):
+    """Per-example ELBO (n,) of the HVAE for noise eps [(n, z_l)]."""
+    logits, kl = model.terms(x, eps)
+    return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1) - kl
+
+
+class TorchDiffusion(_ElbokitModule):
+    """elbokit.Diffusion with prediction="epsilon" in PyTorch: the eps-network is net.{i} (Linear +
+    activation) and net.out on concat(x_t, emb(t)). The schedule and the sinusoidal embedding
+    emb(t)_k = sin(t f_k), emb(t)_{half+k} = cos(t f_k), f_k = 10000^(-k/(half-1)), are tabulated
+    once in float64 for t = 0 ... T (as the engine computes them) and kept in the module's dtype."""
+
+    def __init__(self, x_dim: int, betas, sigmas2, hidden=(256, 256, 256), emb_dim: int = 32,
+                 activation: str = "silu", dtype=torch.float32):
+        super().__init__()
+        self.x_dim, self.T = int(x_dim), len(betas)
+        self.act = ACTIVATIONS[activation]
+        layers = _linears(self.x_dim + emb_dim, tuple(hidden), dtype)
+        layers["out"] = nn.Linear(hidden[-1] if hidden else self.x_dim + emb_dim, self.x_dim, dtype=dtype)
+        self.net = nn.ModuleDict(layers)
+        self.trunk = [self.net[str(i)] for i in range(len(hidden))]
+        beta = np.concatenate([[0.0], np.asarray(betas, dtype=np.float64)])   # index t = step t
+        alpha = 1.0 - beta
+        abar = np.cumprod(alpha)
+        half = emb_dim // 2
+        f = np.exp(-math.log(10000.0) * np.arange(half) / (half - 1)) if half > 1 else np.ones(1)
+        a = np.arange(self.T + 1, dtype=np.float64)[:, None] * f[None, :]
+        tab = lambda v: torch.tensor(v, dtype=dtype)  # noqa: E731
+        self.register_buffer("emb", tab(np.concatenate([np.sin(a), np.cos(a)], 1)), persistent=False)
+        self.register_buffer("sqrt_ab", tab(np.sqrt(abar)), persistent=False)
+        self.register_buffer("sqrt_1m_ab", tab(np.sqrt(1.0 - abar)), persistent=False)
+        # ancestral step t: x_{t-1} = (x_t - c_t eps_hat) r_t + s_t z, c_t = beta_t / sqrt(1 - abar_t),
+        # r_t = 1 / sqrt(alpha_t), s_t = sigma_t (index t; 0 unused), as Python floats
+        c, r, s = beta[1:] / np.sqrt(1.0 - abar[1:]), 1.0 / np.sqrt(alpha[1:]), np.sqrt(sigmas2)
+        self.step_coefs = [None] + [(float(ci), float(ri), float(si)) for ci, ri, si in zip(c, r, s)]
+
+    @classmethod
+    def from_elbokit(cls, model, dtype=torch.float32) -> "TorchDiffusion":
+        c = model.config
+        if c["prediction"] != "epsilon" or c["data"] != "continuous":
+            raise ValueError("the benchmark's TorchDiffusion implements prediction='epsilon', data='continuous'")
+        m = cls(c["x_dim"], model.betas, model.sigmas2, tuple(c["hidden"]), c["emb_dim"], c["activation"], dtype)
+        return m.load_elbokit(model.parameters())
+
+    def eps_hat(self, xt, emb):
+        """The network on concat(x_t, emb) (B, D + E)."""
+        return self.net["out"](_mlp(torch.cat([xt, emb], 1), self.trunk, self.act))
+
+
+def diffusion_losses(model: TorchDiffusion, x0, t, eps):
+    """Per-example simple loss ||eps - eps_hat(x_t, t)||^2, x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps;
+    t (B,) int64 steps in 1 ... T."""
+    xt = model.sqrt_ab[t][:, None] * x0 + model.sqrt_1m_ab[t][:, None] * eps
+    return ((eps - model.eps_hat(xt, model.emb[t])) ** 2).sum(1)
+
+
+def diffusion_loss(model: TorchDiffusion, x0, noise):
+    """fit's loss="simple" on a batch: the batch mean of diffusion_losses, noise = (t, eps)."""
+    return diffusion_losses(model, x0, *noise).mean()
+
+
+@torch.no_grad()
+def ddpm_sample(model: TorchDiffusion, noise):
+    """Ancestral sampling over all T steps, all points through the network together at each step:
+    noise (T, n, D), noise[0] = x_T and noise[k] the z of sampling step k (t = T - k + 1),
+    k = 1 ... T - 1 (the engine's layout; the last step, t = 1, adds no noise)."""
+    x = noise[0]
+    n = x.shape[0]
+    for k in range(1, model.T + 1):
+        t = model.T - k + 1
+        c, r, sd = model.step_coefs[t]
+        x = (x - c * model.eps_hat(x, model.emb[t].expand(n, -1))) * r
+        if t > 1:
+            x = x + sd * noise[k]
+    return x
 
 
 def _kl(mu, logvar):
@@ -111,33 +270,40 @@ def make_adam(model: TorchVAE, lr: float = 1e-3, impl: str = "fused"):
     return torch.optim.Adam(model.parameters(), lr=lr, **kw)
 
 
-def train_epochs(model: TorchVAE, opt, x, perms, noise, batch_size: int) -> float:
-    """Minibatch Adam steps exactly as elbokit's fit takes them: epoch e visits rows
-    perms[e][k*B:(k+1)*B] (the last batch may be smaller); global step t uses noise[t]
-    (1, b, z_dim); loss = -batch-mean ELBO (analytic KL, Bernoulli likelihood), then
-    backward and opt.step(). Returns the last epoch's mean ELBO, each step's batch-mean ELBO
-    weighted by b / n (fit's ``train_elbo``)."""
+def train_loop(model: nn.Module, opt, x, perms, noise, batch_size: int, loss_fn) -> float:
+    """Minibatch steps exactly as elbokit's fit takes them: epoch e visits rows
+    perms[e][k*B:(k+1)*B] (the last batch may be smaller); global step t computes
+    loss = loss_fn(model, x_batch, noise[t]) (a batch mean), then backward and opt.step().
+    Returns the last epoch's mean loss, each step's loss weighted by b / n (fit's ``train_loss``)."""
     t = 0
-    epoch_elbo = torch.zeros((), dtype=torch.float64)
+    epoch_loss = torch.zeros((), dtype=torch.float64)
     for perm in perms:
         n = perm.shape[0]
-        epoch_elbo = torch.zeros((), dtype=torch.float64)
+        epoch_loss = torch.zeros((), dtype=torch.float64)
         for start in range(0, n, batch_size):
-            rows = perm[start:start + batch_size]
-            xb = x.index_select(0, rows)
-            b = xb.shape[0]
-            mu, logvar = model.encode(xb)
-            z = mu + torch.exp(0.5 * logvar) * noise[t][0]
-            logits = model.decode(z)
-            # -mean_b ELBO_b = (sum_b,d BCE + sum_b KL_b) / b
-            loss = (F.binary_cross_entropy_with_logits(logits, xb, reduction="sum")
-                    + _kl(mu, logvar).sum()) / b
+            xb = x.index_select(0, perm[start:start + batch_size])
+            loss = loss_fn(model, xb, noise[t])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            epoch_elbo -= loss.detach().double() * (b / n)
+            epoch_loss += loss.detach().double() * (xb.shape[0] / n)
             t += 1
-    return float(epoch_elbo)
+    return float(epoch_loss)
+
+
+def vae_loss(model: TorchVAE, xb, eps):
+    """-batch-mean ELBO (analytic KL, Bernoulli likelihood) for noise eps (1, b, z_dim):
+    (sum_b,d BCE + sum_b KL_b) / b."""
+    mu, logvar = model.encode(xb)
+    z = mu + torch.exp(0.5 * logvar) * eps[0]
+    logits = model.decode(z)
+    return (F.binary_cross_entropy_with_logits(logits, xb, reduction="sum") + _kl(mu, logvar).sum()) / xb.shape[0]
+
+
+def train_epochs(model: TorchVAE, opt, x, perms, noise, batch_size: int) -> float:
+    """The VAE's fit (train_loop with vae_loss, global step t using noise[t] (1, b, z_dim)).
+    Returns the last epoch's mean ELBO (fit's ``train_elbo``)."""
+    return -train_loop(model, opt, x, perms, noise, batch_size, vae_loss)
 
 
 def log_likelihood(model: TorchVAE, x, eps, chunk_rows: int = 8192):
