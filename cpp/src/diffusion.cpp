@@ -91,6 +91,16 @@ Diffusion<T>::Diffusion(const DiffusionConfig& cfg, uint64_t seed) : cfg_(cfg) {
   constexpr uint64_t kInitStream = 0x1217;  // as the VAE: torch.nn.Linear's default init
   for (const Dense& d : trunk_.layers) init_dense(params_.data(), d, seed, kInitStream);
   init_dense(params_.data(), out_, seed, kInitStream);
+  // The sinusoidal embedding of every step, once: emb(t)_k = sin(t f_k), emb(t)_{half+k} = cos(t f_k).
+  const Index E = cfg.emb_dim, half = E / 2;
+  const double lnmax = std::log(10000.0);
+  emb_.resize(sch_.T + 1, E);
+  for (Index t = 0; t <= sch_.T; ++t)
+    for (Index k = 0; k < half; ++k) {
+      const double f = half > 1 ? std::exp(-lnmax * double(k) / double(half - 1)) : 1.0;
+      emb_(t, k) = T(std::sin(double(t) * f));
+      emb_(t, half + k) = T(std::cos(double(t) * f));
+    }
 }
 
 // σ_t²: "large" β_t; "small" β̃_t, except at t = 1 where β̃_1 = 0 (a point mass, no density):
@@ -145,19 +155,12 @@ void Diffusion<T>::q_posterior(CMatRef<T> x0, CMatRef<T> xt, const std::vector<I
 // ---- The ε-network: input (B, D + E) = concat(x_t, emb(t)), trunk, linear head, then ε̂.
 template <class T>
 void Diffusion<T>::net_forward(const T* xt, const Index* t, Index B, Work& w) {
-  const Index D = cfg_.x_dim, E = cfg_.emb_dim, half = E / 2;
+  const Index D = cfg_.x_dim, E = cfg_.emb_dim;
   w.inp.resize(B, D + E);
-  const double lnmax = std::log(10000.0);
-#pragma omp parallel for schedule(static) if (B * E > 32768)
-  for (Index b = 0; b < B; ++b) {
+  for (Index b = 0; b < B; ++b) {  // concat(x_t, emb(t)), the embedding from the table
     T* row = w.inp.data() + b * (D + E);
     std::copy(xt + b * D, xt + (b + 1) * D, row);
-    const double tt = double(t[b]);
-    for (Index k = 0; k < half; ++k) {  // emb(t)_k = sin(t f_k), emb(t)_{half+k} = cos(t f_k)
-      const double f = half > 1 ? std::exp(-lnmax * double(k) / double(half - 1)) : 1.0;
-      row[D + k] = T(std::sin(tt * f));
-      row[D + half + k] = T(std::cos(tt * f));
-    }
+    std::copy(emb_.data() + t[b] * E, emb_.data() + (t[b] + 1) * E, row + D);
   }
   const T* p = params_.data();
   const T* h = trunk_.forward(p, w.inp.data(), B, w.net);  // (B, H)

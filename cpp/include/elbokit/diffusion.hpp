@@ -164,6 +164,7 @@ class Diffusion {
   ParamLayout layout_;
   Trunk trunk_;
   Dense out_;
+  Mat<T> emb_;  // (T + 1, E): the time embedding of every step
   Vec<T> params_, ema_;  // (P)
   double ema_decay_ = 0;
   uint64_t ema_steps_ = 0;
