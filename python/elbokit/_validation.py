@@ -6,7 +6,7 @@ import numbers
 
 import numpy as np
 
-__all__ = ["as_matrix", "as_array", "check_int", "check_float", "check_choice", "DTYPES"]
+__all__ = ["as_matrix", "as_array", "check_int", "check_float", "check_choice", "check_widths", "DTYPES"]
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
@@ -79,3 +79,16 @@ def check_choice(name: str, v, choices) -> str:
         allowed = ", ".join(repr(c) for c in choices)
         raise ValueError(f"{name} must be one of {allowed}, got {v!r}")
     return v
+
+
+def check_widths(name: str, v, allow_empty: bool = True) -> tuple:
+    """A tuple of positive layer widths from an int or an iterable of ints."""
+    if isinstance(v, numbers.Integral) and not isinstance(v, bool):
+        v = (v,)
+    try:
+        v = tuple(v)
+    except TypeError:
+        raise ValueError(f"{name} must be a tuple of positive integers, got {v!r}") from None
+    if not v and not allow_empty:
+        raise ValueError(f"{name} must hold at least one positive integer, got ()")
+    return tuple(check_int(f"{name}[{i}]", h, 1) for i, h in enumerate(v))

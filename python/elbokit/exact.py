@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 from . import random as _random
-from ._validation import as_array, check_choice, check_float, check_int
+from ._validation import as_array, check_float, check_int
 
 __all__ = ["Gaussian1D", "LinearGaussian", "GaussianMixture"]
 

@@ -43,7 +43,6 @@ n_samples * n * sum(z_dims) numbers (with one level: the VAE's noise).
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,9 +51,9 @@ from . import _core
 from . import io as _io
 from . import random as _random
 from ._fit import fit_options, run_fit
-from ._validation import DTYPES, as_array, as_matrix, check_choice, check_float, check_int
+from ._validation import DTYPES, as_array, as_matrix, check_choice, check_float, check_int, check_widths
 from .results import History, mean_stderr
-from .vae import ACTIVATIONS, KL_METHODS, LIKELIHOODS, VAE, _check_nan, _ParamModel
+from .vae import KL_METHODS, VAE, _check_model_options, _check_nan, _ParamModel
 
 __all__ = ["HVAE", "HElboResult", "STRUCTURES"]
 
@@ -124,18 +123,6 @@ class HElboResult:
         return "\n".join([head] + rows)
 
 
-def _widths(name: str, v, allow_empty: bool) -> tuple:
-    if isinstance(v, numbers.Integral) and not isinstance(v, bool):
-        v = (v,)
-    try:
-        v = tuple(v)
-    except TypeError:
-        raise ValueError(f"{name} must be a tuple of positive integers, got {v!r}") from None
-    if not v and not allow_empty:
-        raise ValueError(f"{name} must hold at least one positive integer, got ()")
-    return tuple(check_int(f"{name}[{i}]", h, 1) for i, h in enumerate(v))
-
-
 @_io.register
 class HVAE(_ParamModel):
     """A hierarchical VAE with L = len(z_dims) Gaussian latent levels (module docstring).
@@ -153,18 +140,10 @@ class HVAE(_ParamModel):
                  likelihood: str = "bernoulli", activation: str = "relu", dtype: str = "float32", seed: int = 0,
                  decoder_var="learned"):
         x_dim = check_int("x_dim", x_dim, 1)
-        z_dims = _widths("z_dims", z_dims, allow_empty=False)
-        hidden = _widths("hidden", hidden, allow_empty=True)
+        z_dims = check_widths("z_dims", z_dims, allow_empty=False)
+        hidden = check_widths("hidden", hidden)
         check_choice("structure", structure, STRUCTURES)
-        check_choice("likelihood", likelihood, LIKELIHOODS)
-        check_choice("activation", activation, ACTIVATIONS)
-        check_choice("dtype", dtype, tuple(DTYPES))
-        seed = check_int("seed", seed, 0)
-        if isinstance(decoder_var, str):
-            check_choice("decoder_var", decoder_var, ("learned",))
-            learned, fixed = True, 1.0
-        else:
-            learned, fixed = False, check_float("decoder_var", decoder_var, positive=True)
+        seed, learned, fixed = _check_model_options(likelihood, activation, dtype, seed, decoder_var)
         self.config = dict(x_dim=x_dim, z_dims=list(z_dims), hidden=list(hidden), structure=structure,
                            likelihood=likelihood, activation=activation, dtype=dtype, seed=seed,
                            decoder_var="learned" if learned else fixed)

@@ -7,7 +7,6 @@ log-likelihood x*l - softplus(l) also for grey levels in [0, 1]; it is not the c
 """
 from __future__ import annotations
 
-import numbers
 
 import numpy as np
 
@@ -15,7 +14,7 @@ from . import _core
 from . import io as _io
 from . import random as _random
 from ._fit import fit_options, run_fit
-from ._validation import DTYPES, as_array, as_matrix, check_choice, check_float, check_int
+from ._validation import DTYPES, as_array, as_matrix, check_choice, check_float, check_int, check_widths
 from .results import ElboResult, History
 
 __all__ = ["VAE", "ACTIVATIONS", "LIKELIHOODS"]
@@ -23,6 +22,18 @@ __all__ = ["VAE", "ACTIVATIONS", "LIKELIHOODS"]
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "softplus", "elu", "silu", "leaky_relu")
 LIKELIHOODS = ("bernoulli", "gaussian")
 KL_METHODS = ("analytic", "mc")
+
+
+def _check_model_options(likelihood, activation, dtype, seed, decoder_var):
+    """Checks the options a VAE and an HVAE share; returns (seed, learned variance?, fixed variance)."""
+    check_choice("likelihood", likelihood, LIKELIHOODS)
+    check_choice("activation", activation, ACTIVATIONS)
+    check_choice("dtype", dtype, tuple(DTYPES))
+    seed = check_int("seed", seed, 0)
+    if isinstance(decoder_var, str):
+        check_choice("decoder_var", decoder_var, ("learned",))
+        return seed, True, 1.0
+    return seed, False, check_float("decoder_var", decoder_var, positive=True)
 
 
 def _check_nan(what: str, *arrays) -> None:
@@ -99,22 +110,8 @@ class VAE(_ParamModel):
                  activation: str = "relu", dtype: str = "float32", seed: int = 0, decoder_var="learned"):
         x_dim = check_int("x_dim", x_dim, 1)
         z_dim = check_int("z_dim", z_dim, 1)
-        if isinstance(hidden, numbers.Integral):
-            hidden = (hidden,)
-        try:
-            hidden = tuple(hidden)
-        except TypeError:
-            raise ValueError(f"hidden must be a tuple of positive integers, got {hidden!r}") from None
-        hidden = tuple(check_int(f"hidden[{i}]", h, 1) for i, h in enumerate(hidden))
-        check_choice("likelihood", likelihood, LIKELIHOODS)
-        check_choice("activation", activation, ACTIVATIONS)
-        check_choice("dtype", dtype, tuple(DTYPES))
-        seed = check_int("seed", seed, 0)
-        if isinstance(decoder_var, str):
-            check_choice("decoder_var", decoder_var, ("learned",))
-            learned, fixed = True, 1.0
-        else:
-            learned, fixed = False, check_float("decoder_var", decoder_var, positive=True)
+        hidden = check_widths("hidden", hidden)
+        seed, learned, fixed = _check_model_options(likelihood, activation, dtype, seed, decoder_var)
         self.config = dict(x_dim=x_dim, z_dim=z_dim, hidden=list(hidden), likelihood=likelihood,
                            activation=activation, dtype=dtype, seed=seed,
                            decoder_var="learned" if learned else fixed)
