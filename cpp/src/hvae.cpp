@@ -84,7 +84,7 @@ Vec<T> HVAE<T>::decoder_logvar() const {
 // sample z (R, Z), prior Gaussian (pm, plv) and per-row term krow; p(x|z_1)'s output (R, D) and
 // log-density logp (R).
 template <class T>
-void HVAE<T>::forward(const T* x, Index B, const T* eps, Index S, KLMode kl, Work& w) {
+void HVAE<T>::forward(const T* x, Index B, const T* eps, Index S, KLMode kl, Work& w, bool posterior_only) {
   const Index R = S * B, D = cfg_.x_dim;
   const T* p = params_.data();
   w.lv.resize(size_t(L_));
@@ -113,6 +113,7 @@ void HVAE<T>::forward(const T* x, Index B, const T* eps, Index S, KLMode kl, Wor
       enc_[size_t(l)].forward(p, v.in, v.qrows, v.enc, v.mu.data(), v.lv.data());
       sample(v, l);
     }
+    if (posterior_only) return;
     for (Index l = 0; l + 1 < L_; ++l) prior(l);
   } else {
     // 1a. bottom-up: d_{l+1} = trunk_l(d_l), Gaussian N(mud, e^{lvd}) (B, Z) from d_{l+1}
@@ -142,6 +143,7 @@ void HVAE<T>::forward(const T* x, Index B, const T* eps, Index S, KLMode kl, Wor
       }
       sample(v, l);
     }
+    if (posterior_only) return;
   }
   // 2. reconstruction term log p(x|z_1) per row
   const T* hd = dec_.forward(p, w.lv[0].z.data(), R, w.dec0);
@@ -426,7 +428,7 @@ void HVAE<T>::encode(CMatRef<T> x, const T* eps, std::vector<Mat<T>>& mu, std::v
     zeros.setZero(B * ztot_, 1);
     eps = zeros.data();
   }
-  forward(x.data(), B, eps, 1, KLMode::Analytic, work_);
+  forward(x.data(), B, eps, 1, KLMode::Analytic, work_, /*posterior_only=*/true);
   mu.resize(size_t(L_));
   logvar.resize(size_t(L_));
   for (Index l = 0; l < L_; ++l) {

@@ -174,7 +174,8 @@ class HVAE {
     Vec<double> logp;       // (R)
   };
   // forward: every level's Gaussians and samples, log p(x|z_1) and the per-row level terms.
-  void forward(const T* x, Index B, const T* eps, Index S, KLMode kl, Work& w);
+  // posterior_only: stop once q's Gaussians and samples are computed (encode, active units).
+  void forward(const T* x, Index B, const T* eps, Index S, KLMode kl, Work& w, bool posterior_only = false);
   // collect: per-example means over the S samples of w's per-row terms.
   void collect(Index B, Index S, const Work& w, HElboTerms& t) const;
   const T* level_eps(const T* eps, Index rows, Index l) const { return eps + rows * zoff_[size_t(l)]; }
