@@ -19,6 +19,7 @@ void bind_autoencoder_t(py::module_& m, const char* name) {
   using CRef = Eigen::Ref<const Mat<T>>;
   py::class_<M> cls(m, name);
   bind_param_methods<T, M>(cls);
+  bind_fit<T, M>(cls);
   cls
       .def(py::init([](Index x_dim, Index code_dim, std::vector<Index> hidden, std::string activation,
                        std::string code_activation, std::string kind, double noise_std, double contraction,
@@ -54,10 +55,7 @@ void bind_autoencoder_t(py::module_& m, const char* name) {
         }
         return py::make_tuple(J, t.reconstruction, t.penalty, grad);
       }, py::arg("x"), py::arg("noise"), py::arg("scale"), py::arg("with_grad"),
-           "x (B, D), noise (B, D) or None -> (loss, squared error (B), penalty (B), scale * dJ/dtheta (P)).")
-      .def("fit", [](M& v, CRef x, std::optional<CRef> xval, const py::dict& options, py::object callback) {
-        return run_fit<T>(v, x, xval, options, callback);
-      }, py::arg("x"), py::arg("validation"), py::arg("options"), py::arg("callback"));
+           "x (B, D), noise (B, D) or None -> (loss, squared error (B), penalty (B), scale * dJ/dtheta (P)).");
 }
 
 void bind_autoencoder(py::module_& m) {

@@ -19,6 +19,7 @@ void bind_flow_t(py::module_& m, const char* name) {
   using CRef = Eigen::Ref<const Mat<T>>;
   py::class_<M> cls(m, name);
   bind_param_methods<T, M>(cls);
+  bind_fit<T, M>(cls);
   cls
       .def(py::init([](Index dim, std::vector<std::string> layers, std::vector<Index> hidden, std::string activation,
                        uint64_t seed) {
@@ -65,10 +66,7 @@ void bind_flow_t(py::module_& m, const char* name) {
           J = v.objective_grad(x, scale, grad.data(), &t);
         }
         return py::make_tuple(J, t.prior, t.logdet, grad);
-      }, py::arg("x"), py::arg("scale"), "-> (mean log p(x), prior (B), logdet (B), scale * dJ/dtheta (P)).")
-      .def("fit", [](M& v, CRef x, std::optional<CRef> xval, const py::dict& options, py::object callback) {
-        return run_fit<T>(v, x, xval, options, callback);
-      }, py::arg("x"), py::arg("validation"), py::arg("options"), py::arg("callback"));
+      }, py::arg("x"), py::arg("scale"), "-> (mean log p(x), prior (B), logdet (B), scale * dJ/dtheta (P)).");
 }
 
 void bind_flows(py::module_& m) {

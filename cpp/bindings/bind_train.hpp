@@ -94,4 +94,14 @@ py::tuple run_fit(Model& model, Eigen::Ref<const elbokit::Mat<T>> x, std::option
   return py::make_tuple(history_to_dict(hist), err.empty() ? py::object(py::none()) : py::object(py::str(err)), err_step);
 }
 
+// bind_fit: the "fit" method of a model class that runs the shared loop as it is.
+template <class T, class M, class Cls>
+Cls& bind_fit(Cls& cls) {
+  using CRef = Eigen::Ref<const elbokit::Mat<T>>;
+  cls.def("fit", [](M& v, CRef x, std::optional<CRef> xval, const py::dict& options, py::object callback) {
+    return run_fit<T>(v, x, xval, options, callback);
+  }, py::arg("x"), py::arg("validation"), py::arg("options"), py::arg("callback"));
+  return cls;
+}
+
 }  // namespace elbokit_py

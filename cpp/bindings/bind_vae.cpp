@@ -19,6 +19,7 @@ void bind_vae_t(py::module_& m, const char* name) {
   using CRef = Eigen::Ref<const Mat<T>>;
   py::class_<M> cls(m, name);
   bind_param_methods<T, M>(cls);
+  bind_fit<T, M>(cls);
   cls
       .def(py::init([](Index x_dim, Index z_dim, std::vector<Index> hidden, std::string activation,
                        std::string likelihood, bool learned_var, double fixed_var, uint64_t seed) {
@@ -87,10 +88,7 @@ void bind_vae_t(py::module_& m, const char* name) {
       .def("log_likelihood", [](M& v, CRef x, Index K, uint64_t seed) {
         py::gil_scoped_release nogil;
         return v.log_likelihood(x, K, seed);
-      }, py::arg("x"), py::arg("k"), py::arg("seed"), "x (B, D) -> L_K (B).")
-      .def("fit", [](M& v, CRef x, std::optional<CRef> xval, const py::dict& options, py::object callback) {
-        return run_fit<T>(v, x, xval, options, callback);
-      }, py::arg("x"), py::arg("validation"), py::arg("options"), py::arg("callback"));
+      }, py::arg("x"), py::arg("k"), py::arg("seed"), "x (B, D) -> L_K (B).");
 }
 
 void bind_vae(py::module_& m) {
