@@ -124,10 +124,15 @@ def test_iwae_bounds_increase_with_k(trained_digits_vae):
 
 def test_log_likelihood_chunking_does_not_change_results(trained_digits_vae):
     """K = 9000 spans two decoder chunks; each example's noise is indexed by (example, sample), so
-    evaluating a subset gives the same numbers as evaluating the whole set."""
+    evaluating a subset gives the same numbers as evaluating the whole set, up to float64 rounding:
+    the matrix product's kernel for a row depends on how many rows the chunk has (a different
+    summation order), so equality is to ~1e-15, not to the bit."""
     vae, x = trained_digits_vae
     full = vae.log_likelihood(x[:3], k=9000, seed=1)
     part = vae.log_likelihood(x[:1], k=9000, seed=1)
-    assert full[0] == part[0]
+    np.testing.assert_allclose(full[:1], part, rtol=1e-13, atol=0)
     small = vae.log_likelihood(x[:40], k=30, seed=2)
-    assert np.array_equal(small[:5], vae.log_likelihood(x[:5], k=30, seed=2))
+    np.testing.assert_allclose(small[:5], vae.log_likelihood(x[:5], k=30, seed=2), rtol=1e-13, atol=0)
+    # a different seed changes the numbers by far more than that rounding
+    other = vae.log_likelihood(x[:5], k=30, seed=3)
+    assert np.abs(other - small[:5]).max() > 1e-6

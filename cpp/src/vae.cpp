@@ -117,9 +117,10 @@ Mat<T> VAE<T>::decode(CMatRef<T> z, bool mean) {
 }
 
 // forward: the ELBO's terms for x (B, D) and eps (S·B, Z) (MATH.md §2). Leaves in w:
-//   mu, lv, sigma (B, Z); z (S·B, Z); the decoder's activations; out (S·B, D); logp (S·B).
+//   mu, lv, sigma (B, Z); z (S·B, Z); the decoder's activations; out (S·B, D); logp (S·B); and,
+//   when for_grad, sig (S·B, D) = sigmoid(out) for the Bernoulli backward.
 template <class T>
-void VAE<T>::forward(const T* x, Index B, const T* eps, Index S, KLMode kl, Work& w, ElboTerms& t) {
+void VAE<T>::forward(const T* x, Index B, const T* eps, Index S, KLMode kl, Work& w, ElboTerms& t, bool for_grad) {
   const Index Z = cfg_.z_dim, D = cfg_.x_dim, R = S * B;
   const T* p = params_.data();
   // 1. encoder q(z|x) = N(mu, diag exp(lv))
@@ -135,8 +136,8 @@ void VAE<T>::forward(const T* x, Index B, const T* eps, Index S, KLMode kl, Work
   // 4. reconstruction term log p(x|z), one per (sample, example), averaged over samples
   w.logp.resize(R);
   if (lik_ == Likelihood::Bernoulli) {
-    w.sig.resize(R, D);
-    bernoulli_logpdf_forward(w.logp.data(), x, w.out.data(), R, B, D, w.sig.data());
+    if (for_grad) w.sig.resize(R, D);
+    bernoulli_logpdf_forward(w.logp.data(), x, w.out.data(), R, B, D, for_grad ? w.sig.data() : nullptr);
   } else {
     const Vec<T> lvx = clamped_logvar();
     gaussian_logpdf_forward(w.logp.data(), x, w.out.data(), lvx.data(), R, B, D);
@@ -165,15 +166,21 @@ ElboTerms VAE<T>::elbo(CMatRef<T> x, CMatRef<T> eps, Index S, KLMode kl) {
   out.reconstruction.resize(N);
   out.kl.resize(N);
   out.kl_per_dim.resize(N, Z);
-  // Chunks of examples keep the decoder's activations bounded (about 8192 rows).
-  const Index chunk = std::max<Index>(1, 8192 / S);
+  // Chunks of examples keep the decoder's activations bounded (at most 8192 rows); chunks of
+  // equal sizes reuse the work buffers without reallocating them.
+  const Index max_chunk = std::max<Index>(1, 8192 / S);
+  const Index chunk = ceil_div(N, ceil_div(N, max_chunk));
   Mat<T> eps_c;
   ElboTerms t;
   for (Index b0 = 0; b0 < N; b0 += chunk) {
     const Index bc = std::min(chunk, N - b0);
-    eps_c.resize(S * bc, Z);
-    for (Index s = 0; s < S; ++s) eps_c.middleRows(s * bc, bc) = eps.middleRows(s * N + b0, bc);
-    forward(x.data() + b0 * cfg_.x_dim, bc, eps_c.data(), S, kl, work_, t);
+    const T* e = eps.data() + b0 * Z;  // one sample: the chunk's rows of eps are contiguous
+    if (S > 1) {
+      eps_c.resize(S * bc, Z);
+      for (Index s = 0; s < S; ++s) eps_c.middleRows(s * bc, bc) = eps.middleRows(s * N + b0, bc);
+      e = eps_c.data();
+    }
+    forward(x.data() + b0 * cfg_.x_dim, bc, e, S, kl, work_, t, false);
     out.reconstruction.segment(b0, bc) = t.reconstruction;
     out.kl.segment(b0, bc) = t.kl;
     out.kl_per_dim.middleRows(b0, bc) = t.kl_per_dim;
@@ -192,7 +199,7 @@ double VAE<T>::objective_grad(CMatRef<T> x, CMatRef<T> eps, Index S, KLMode kl, 
   Work& w = work_;
   const T* p = params_.data();
   ElboTerms t;
-  forward(x.data(), B, eps.data(), S, kl, w, t);
+  forward(x.data(), B, eps.data(), S, kl, w, t, true);
 
   // The objective and the coefficient of each dimension's KL (free bits cut the gradient of a
   // dimension whose batch-mean KL is below λ).

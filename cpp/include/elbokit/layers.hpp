@@ -9,6 +9,7 @@
 #include <string>
 
 #include "elbokit/common.hpp"
+#include "elbokit/simd.hpp"
 
 namespace elbokit {
 
@@ -126,38 +127,63 @@ inline T softplus(T a) {  // max(a, 0) + log1p(exp(-|a|)): never overflows (MATH
 
 template <class T>
 using ArrMap = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>;
-
-// log1p(e) for an array, vectorized: log(u)·e/(u − 1) with u = 1 + e is exact to a few ulps
-// (Goldberg 1991) and, unlike Eigen 3.4's log1p, runs on packets.
-template <class Derived>
-auto log1p_vec(const Eigen::ArrayBase<Derived>& e) {
-  using T = typename Derived::Scalar;
-  const auto u = T(1) + e;
-  return (u == T(1)).select(e, u.log() * e / (u - T(1)));
-}
 template <class T>
 using CArrMap = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>;
 
-// The elementwise kernels run on blocks of kElemBlock entries (vectorized by Eigen's packet math:
-// exp, log1p, tanh), in parallel over blocks for large arrays.
+// The elementwise kernels run on blocks of kElemBlock entries, in parallel over blocks for large
+// arrays; within a block, on SIMD packets (simd.hpp: no select, so no scalar fallback).
 constexpr Index kElemBlock = 8192;
+
+// sigmoid and softplus of a packet from one exp: e = exp(−|a|), u = 1 + e, r = 1/u;
+// σ(a) = r (a ≥ 0) or e·r (a < 0); softplus(a) = max(a, 0) + log1p(e) (MATH.md §1).
+template <class P>
+struct SigmoidParts {
+  P e, u, r, nonneg;
+  explicit SigmoidParts(const P& a) {
+    namespace ei = simd::ei;
+    e = ei::pexp(ei::pnegate(ei::pabs(a)));
+    u = ei::padd(simd::one<P>(), e);
+    r = ei::pdiv(simd::one<P>(), u);
+    nonneg = ei::pcmp_le(simd::zero<P>(), a);
+  }
+  P sigmoid() const { return simd::select(nonneg, r, simd::ei::pmul(e, r)); }
+  P softplus(const P& a) const { return simd::ei::padd(simd::ei::pmax(a, simd::zero<P>()), simd::log1p_given(e, u, r)); }
+};
 
 template <class T>
 void activation_forward(T* out, const T* inp, Index n, Activation act) {
+  using P = simd::Packet<T>;
+  namespace ei = simd::ei;
   const Index nb = ceil_div(n, kElemBlock);
 #pragma omp parallel for schedule(static) if (n > 4 * kElemBlock)
   for (Index k = 0; k < nb; ++k) {
     const Index o = k * kElemBlock, len = std::min(kElemBlock, n - o);
     CArrMap<T> a(inp + o, len);
     ArrMap<T> y(out + o, len);
+    const T* const in[1] = {inp + o};
+    T* const res[1] = {out + o};
     switch (act) {
       case Activation::ReLU: y = a.max(T(0)); break;
       case Activation::Tanh: y = a.tanh(); break;
-      case Activation::Sigmoid: y = (a >= T(0)).select(T(1) / (T(1) + (-a).exp()), a.exp() / (T(1) + a.exp())); break;
-      case Activation::Softplus: y = a.max(T(0)) + log1p_vec((-a.abs()).exp()); break;
-      case Activation::ELU: y = (a > T(0)).select(a, a.expm1()); break;
+      case Activation::Sigmoid:
+        simd::map<T>(len, in, res, [](const P* v, P* r) { r[0] = SigmoidParts<P>(v[0]).sigmoid(); });
+        break;
+      case Activation::Softplus:
+        simd::map<T>(len, in, res, [](const P* v, P* r) { r[0] = SigmoidParts<P>(v[0]).softplus(v[0]); });
+        break;
+      case Activation::ELU:  // expm1 where a <= 0 (Eigen's vectorized expm1, then a packet select)
+        y = a.min(T(0)).expm1();
+        {
+          const T* const in2[2] = {inp + o, out + o};
+          simd::map<T>(len, in2, res, [](const P* v, P* r) { r[0] = simd::select(simd::positive(v[0]), v[0], v[1]); });
+        }
+        break;
       case Activation::SiLU: y = a / (T(1) + (-a).exp()); break;
-      case Activation::LeakyReLU: y = (a > T(0)).select(a, T(kLeakySlope) * a); break;
+      case Activation::LeakyReLU:
+        simd::map<T>(len, in, res, [](const P* v, P* r) {
+          r[0] = simd::select(simd::positive(v[0]), v[0], ei::pmul(ei::pset1<P>(T(kLeakySlope)), v[0]));
+        });
+        break;
       default: y = a;
     }
   }
@@ -165,24 +191,40 @@ void activation_forward(T* out, const T* inp, Index n, Activation act) {
 
 template <class T>
 void activation_backward(T* dinp, const T* dout, const T* inp, const T* out, Index n, Activation act) {
+  using P = simd::Packet<T>;
+  namespace ei = simd::ei;
   const Index nb = ceil_div(n, kElemBlock);
 #pragma omp parallel for schedule(static) if (n > 4 * kElemBlock)
   for (Index k = 0; k < nb; ++k) {
     const Index o = k * kElemBlock, len = std::min(kElemBlock, n - o);
     CArrMap<T> a(inp + o, len), y(out + o, len), g(dout + o, len);
     ArrMap<T> d(dinp + o, len);
+    const T* const ag[2] = {inp + o, dout + o};
+    T* const res[1] = {dinp + o};
     switch (act) {
-      case Activation::ReLU: d = (a > T(0)).select(g, T(0)); break;
+      case Activation::ReLU:
+        simd::map<T>(len, ag, res, [](const P* v, P* r) { r[0] = simd::select(simd::positive(v[0]), v[1], simd::zero<P>()); });
+        break;
       case Activation::Tanh: d = g * (T(1) - y * y); break;
       case Activation::Sigmoid: d = g * y * (T(1) - y); break;
       case Activation::Softplus: d = g / (T(1) + (-a).exp()); break;  // σ(a); exp(-a) = inf gives 0
-      case Activation::ELU: d = (a > T(0)).select(g, g * (y + T(1))); break;
+      case Activation::ELU: {  // y + 1 = e^a where a <= 0
+        const T* const agy[3] = {inp + o, dout + o, out + o};
+        simd::map<T>(len, agy, res, [](const P* v, P* r) {
+          r[0] = simd::select(simd::positive(v[0]), v[1], ei::pmul(v[1], ei::padd(v[2], simd::one<P>())));
+        });
+        break;
+      }
       case Activation::SiLU: {
         const auto s = T(1) / (T(1) + (-a).exp());
         d = g * s * (T(1) + a * (T(1) - s));
         break;
       }
-      case Activation::LeakyReLU: d = (a > T(0)).select(g, T(kLeakySlope) * g); break;
+      case Activation::LeakyReLU:
+        simd::map<T>(len, ag, res, [](const P* v, P* r) {
+          r[0] = simd::select(simd::positive(v[0]), v[1], ei::pmul(ei::pset1<P>(T(kLeakySlope)), v[1]));
+        });
+        break;
       default: d = g;
     }
   }

@@ -106,7 +106,7 @@ class VAE {
     Mat<T> mu, lv, sigma, z, out, sig, dout, dz, dh, dmu, dlv, dhd;  // see forward()
     Vec<double> logp;                                           // (S·B)
   };
-  void forward(const T* x, Index B, const T* eps, Index S, KLMode kl, Work& w, ElboTerms& t);
+  void forward(const T* x, Index B, const T* eps, Index S, KLMode kl, Work& w, ElboTerms& t, bool for_grad);
   void encode_raw(const T* x, Index B, Work& w);
   void encoder_backward_raw(const T* x, Index B, const T* dmu, const T* dlv, Work& w, T* grad);
   Vec<T> clamped_logvar() const;
