@@ -65,7 +65,6 @@ DIGITS = dict(x_dim=64, z_dim=8, hidden=(128, 128), batch=64)
 HVAE = dict(x_dim=64, z_dims=(16, 8, 4), hidden=(128,), batch=128)        # case 5, markov, on digits
 DIFFUSION = dict(x_dim=2, hidden=(256, 256, 256), emb_dim=32, batch=512)   # cases 6, 7, on the swiss roll
 LR = 1e-3
-ACTIVE_UNIT_ROWS = 2048  # fit's per-epoch active-units pass encodes this many training rows (train.hpp)
 
 TRAIN_RTOL = 1e-3   # ELBO after the same training steps (float32 rounding accumulates over steps)
 EVAL_RTOL = 1e-4    # mean per-example ELBO / L_K on the same weights and noise
@@ -323,8 +322,9 @@ class TrainCase:
     A subclass builds self.ek_model (with fit) and self.model (the torch module), sets
     self.loss_fn (tm's batch loss), self.flops (per step) and defines step_noise and held_out."""
     metric = "ELBO"          # compared by check: fit's train_elbo and a held-out ELBO
-    fit_kwargs = {}
-    encodes_each_epoch = True  # fit ends each epoch with an active-units pass (the VAEs)
+    # The VAEs' fit counts active units at each epoch's end by default (an encoder pass over 2048
+    # rows, ~13% of case 1's time on one thread); the torch loop does not, so neither does elbokit here.
+    fit_kwargs = dict(active_units=False)
 
     def __init__(self, x, x_eval, epochs, batch, adam_impl):
         self.x, self.x_eval, self.epochs, self.B, self.adam_impl = x, x_eval, epochs, batch, adam_impl
@@ -370,16 +370,9 @@ class TrainCase:
         return ("ok" if ok else "FAIL"), detail
 
     def timed(self, repeats):
-        """(elbokit seconds, PyTorch seconds, share of elbokit's time in fit's active-units passes or
-        None). The share times model.encode of the first ACTIVE_UNIT_ROWS rows, the encoder pass fit
-        runs at each epoch's end, which the torch loop does not do."""
-        runs = [("ek", None, self.run_elbokit), ("pt", None, self.run_pytorch)]
-        if self.encodes_each_epoch:
-            x_au = self.x[:ACTIVE_UNIT_ROWS]
-            runs.append(("enc", None, lambda: self.ek_model.encode(x_au)))
-        t = alternate(runs, repeats)
-        share = self.epochs * median(t["enc"]) / median(t["ek"]) if self.encodes_each_epoch else None
-        return t["ek"], t["pt"], share
+        """(elbokit seconds, PyTorch seconds) per timed run, alternating."""
+        t = alternate([("ek", None, self.run_elbokit), ("pt", None, self.run_pytorch)], repeats)
+        return t["ek"], t["pt"]
 
 
 class VAETrainCase(TrainCase):
@@ -409,7 +402,7 @@ class VAETrainCase(TrainCase):
 class HVAETrainCase(TrainCase):
     """ek.HVAE (markov, Bernoulli, analytic KL, one sample) against tm.TorchHVAE; step t's noise is
     ek.random.normal(b * sum(z_dims), SEED, STREAMS['train_noise'] + t) in level blocks (b, z_l)."""
-    fit_kwargs = dict(kl="analytic", n_samples=1)
+    fit_kwargs = dict(kl="analytic", n_samples=1, active_units=False)
 
     def __init__(self, arch, x, x_eval, epochs, adam_impl):
         self.arch = arch
@@ -443,7 +436,6 @@ class DiffusionTrainCase(TrainCase):
     rows at drawn steps and noise)."""
     metric = "loss"
     fit_kwargs = dict(loss="simple")
-    encodes_each_epoch = False
 
     def __init__(self, model, x, x_eval, epochs, adam_impl):
         self.ek_model = model
@@ -478,10 +470,9 @@ class DiffusionTrainCase(TrainCase):
 def case_train(number, name, c, cfg, peak, threads):
     set_threads(threads)
     check, detail = c.check()
-    t_ek, t_pt, share = c.timed(cfg["repeats"])
-    extra = {} if share is None else dict(fit_active_units_share=share)
+    t_ek, t_pt = c.timed(cfg["repeats"])
     return rate_row(number, name, "steps/s", c.steps, t_ek, t_pt, c.flops, peak, check, detail,
-                    threads=threads, steps_per_run=c.steps, batch=c.B, epochs=c.epochs, **extra)
+                    threads=threads, steps_per_run=c.steps, batch=c.B, epochs=c.epochs)
 
 
 def case1(cfg, peak, threads):
@@ -691,7 +682,7 @@ def memory_worker(fw, threads, quick):
 
         def run():
             return float(vae.fit(x, epochs=cfg["c1_epochs"], batch_size=128, seed=SEED,
-                                 progress=False)["train_elbo"][-1])
+                                 progress=False, active_units=False)["train_elbo"][-1])
     method = "VmHWM - VmRSS, high-water mark reset after setup"
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -831,10 +822,6 @@ def main(argv=None):
             print(f"  [{time.perf_counter() - t0:5.1f}s] {r['case']}: elbokit {fmt(r['elbokit'], r['unit'])}, "
                   f"PyTorch {fmt(r['pytorch'], r['unit'])} {r['unit'] or ''}; check {r.get('check')}: "
                   f"{r.get('check_detail', '')}", flush=True)
-            if "fit_active_units_share" in r:
-                print(f"         fit's per-epoch active-units pass (model.encode of up to {ACTIVE_UNIT_ROWS} "
-                      f"training rows) is "
-                      f"~{r['fit_active_units_share']:.0%} of elbokit's time", flush=True)
     if "fm_src" in _CACHE or "dg_src" in _CACHE:
         print("data:", ", ".join(_CACHE[k] for k in ("fm_src", "dg_src") if k in _CACHE))
     print()

@@ -51,6 +51,7 @@ inline elbokit::FitOptions fit_options_from(const py::dict& d) {
     else if (k == "clip_norm") o.clip_norm = v.cast<double>();
     else if (k == "seed") o.seed = v.cast<uint64_t>();
     else if (k == "report_every") o.report_every = v.cast<elbokit::Index>();
+    else if (k == "active_units") o.active_units = v.cast<bool>();
     else throw std::invalid_argument("unknown fit option '" + k + "'");
   }
   elbokit::validate(o);

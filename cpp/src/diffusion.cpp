@@ -508,31 +508,38 @@ Mat<T> Diffusion<T>::sample(Index n, const std::string& method, Index steps, dou
   if (times) {
     times->assign(1, tau.back());
   }
-  Work& w = work_;
-  std::vector<Index> tv(static_cast<size_t>(n));
-  Mat<T> z(n, D), mean(n, D);
+  pool_.resize(size_t(max_threads()));
+  const bool ddpm = method == "ddpm";
   for (Index k = 1; k <= S; ++k) {
     const Index t = tau[size_t(S - k)], s = S - k - 1 >= 0 ? tau[size_t(S - k - 1)] : 0;
-    std::fill(tv.begin(), tv.end(), t);
-    net_forward(x.data(), tv.data(), n, w);
-    if (s > 0) fill_normal(z.data(), n * D, seed, streams::kSample, uint64_t(k) * uint64_t(n) * uint64_t(D));
-    if (method == "ddpm") {
-      // x_{t−1} = μ_θ(x_t, t) + σ_t z, no noise at the last step
-      mean_from_eps(x.data(), w.eps_hat.data(), tv.data(), n, mean.data());
-      const T sd = T(s > 0 ? std::sqrt(sigma2(t)) : 0.0);
-      x = mean + sd * z;
-      if (s == 0) x = mean;
-    } else {
-      // DDIM (Song et al. 2021, eq. 12): x_s = √ᾱ_s x̂_0 + √(1 − ᾱ_s − σ²) ε̂ + σ z,
-      // σ = η √((1 − ᾱ_s)/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_s)
-      const double at = sch_.alphas_cumprod[size_t(t)], as = sch_.alphas_cumprod[size_t(s)];
-      const double sig = eta * std::sqrt((1.0 - as) / (1.0 - at) * (1.0 - at / as));
-      const T c0 = T(std::sqrt(as) / std::sqrt(at)), ce = T(std::sqrt(std::max(0.0, 1.0 - as - sig * sig)) -
-                                                            std::sqrt(as) * std::sqrt(1.0 - at) / std::sqrt(at));
-      Mat<T> nx = c0 * x + ce * w.eps_hat;
-      if (s > 0 && sig > 0) nx += T(sig) * z;
-      x = std::move(nx);
-    }
+    // DDPM: x_{t−1} = μ_θ(x_t, t) + σ_t z, no noise at the last step.
+    // DDIM (Song et al. 2021, eq. 12): x_s = √ᾱ_s x̂_0 + √(1 − ᾱ_s − σ²) ε̂ + σ z,
+    // σ = η √((1 − ᾱ_s)/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_s)
+    const T sd = T(ddpm && s > 0 ? std::sqrt(sigma2(t)) : 0.0);
+    const double at = sch_.alphas_cumprod[size_t(t)], as = sch_.alphas_cumprod[size_t(s)];
+    const double sig = ddpm ? 0.0 : eta * std::sqrt((1.0 - as) / (1.0 - at) * (1.0 - at / as));
+    const T c0 = T(std::sqrt(as) / std::sqrt(at)), ce = T(std::sqrt(std::max(0.0, 1.0 - as - sig * sig)) -
+                                                          std::sqrt(as) * std::sqrt(1.0 - at) / std::sqrt(at));
+    const bool noise = s > 0 && (ddpm || sig > 0);
+    // Each chunk of rows goes through the network and its update on one thread (common.hpp); the
+    // noise of row i is the same whatever the chunk: normal_at(seed, kSample, (k·n + i)·D + j).
+    for_row_chunks(n, kPipelineRows, [&](Index b0, Index bn, int slot) {
+      Work& w = pool_[size_t(slot)];
+      w.t.assign(size_t(bn), t);
+      auto xc = x.middleRows(b0, bn);
+      net_forward(xc.data(), w.t.data(), bn, w);
+      w.deps.resize(bn, D);  // the step's noise z (bn, D)
+      if (noise) fill_normal_serial(w.deps.data(), bn * D, seed, streams::kSample, (uint64_t(k) * uint64_t(n) + uint64_t(b0)) * uint64_t(D));
+      if (ddpm) {
+        w.mean.resize(bn, D);
+        mean_from_eps(xc.data(), w.eps_hat.data(), w.t.data(), bn, w.mean.data());
+        if (noise) xc = w.mean + sd * w.deps;
+        else xc = w.mean;
+      } else {
+        if (noise) xc = c0 * xc + ce * w.eps_hat + T(sig) * w.deps;
+        else xc = c0 * xc + ce * w.eps_hat;
+      }
+    });
     if (traj) traj->middleRows(k * n, n) = x;
     if (times) times->push_back(s);
   }

@@ -166,25 +166,24 @@ ElboTerms VAE<T>::elbo(CMatRef<T> x, CMatRef<T> eps, Index S, KLMode kl) {
   out.reconstruction.resize(N);
   out.kl.resize(N);
   out.kl_per_dim.resize(N, Z);
-  // Chunks of examples keep the decoder's activations bounded (at most 8192 rows); chunks of
-  // equal sizes reuse the work buffers without reallocating them.
-  const Index max_chunk = std::max<Index>(1, 8192 / S);
-  const Index chunk = ceil_div(N, ceil_div(N, max_chunk));
-  Mat<T> eps_c;
-  ElboTerms t;
-  for (Index b0 = 0; b0 < N; b0 += chunk) {
-    const Index bc = std::min(chunk, N - b0);
+  // Chunks of about kPipelineRows decoder rows (S·bc), each through the whole network on one
+  // thread (common.hpp: row-chunk pipelines).
+  pool_.resize(size_t(max_threads()));
+  const Index chunk = std::max<Index>(1, kPipelineRows / S);
+  for_row_chunks(N, chunk, [&](Index b0, Index bc, int slot) {
+    Scratch& sc = pool_[size_t(slot)];
     const T* e = eps.data() + b0 * Z;  // one sample: the chunk's rows of eps are contiguous
     if (S > 1) {
-      eps_c.resize(S * bc, Z);
-      for (Index s = 0; s < S; ++s) eps_c.middleRows(s * bc, bc) = eps.middleRows(s * N + b0, bc);
-      e = eps_c.data();
+      sc.eps.resize(S * bc, Z);
+      for (Index s = 0; s < S; ++s) sc.eps.middleRows(s * bc, bc) = eps.middleRows(s * N + b0, bc);
+      e = sc.eps.data();
     }
-    forward(x.data() + b0 * cfg_.x_dim, bc, e, S, kl, work_, t, false);
+    ElboTerms t;
+    forward(x.data() + b0 * cfg_.x_dim, bc, e, S, kl, sc.w, t, false);
     out.reconstruction.segment(b0, bc) = t.reconstruction;
     out.kl.segment(b0, bc) = t.kl;
     out.kl_per_dim.middleRows(b0, bc) = t.kl_per_dim;
-  }
+  });
   return out;
 }
 
@@ -263,61 +262,59 @@ Vec<double> VAE<T>::log_likelihood(CMatRef<T> x, Index K, uint64_t seed) {
   std::lock_guard<std::mutex> lock(mutex_);
   const Index N = x.rows(), Z = cfg_.z_dim, D = cfg_.x_dim;
   const T* p = params_.data();
-  constexpr Index kRows = 8192;  // decoder rows per pass: bounds memory for any K and N
-  const Index Bc = std::max<Index>(1, std::min(N, kRows / K));
-  const Index Kc = std::min(K, kRows);
+  // A task takes Bc examples and all their K samples, on one thread (common.hpp: row-chunk
+  // pipelines), decoding them kc samples at a time: about kPipelineRows decoder rows per pass.
+  const Index Bc = std::max<Index>(1, std::min(N, kPipelineRows / K));
+  const Index Kc = ceil_div(K, ceil_div(K, std::max<Index>(1, kPipelineRows / Bc)));
   const Vec<T> lvx = lik_ == Likelihood::Gaussian ? clamped_logvar() : Vec<T>();
   Vec<double> out(N);
-  Work& w = work_;
-  Mat<T> mu, lv, sigma, eps, z, dec_out;
-  Mat<double> logw;  // (Bc, K) log importance weights
-  Vec<double> logp;
-  for (Index b0 = 0; b0 < N; b0 += Bc) {
-    const Index bc = std::min(Bc, N - b0);
+  pool_.resize(size_t(max_threads()));
+  for_row_chunks(N, Bc, [&](Index b0, Index bc, int slot) {
+    Scratch& sc = pool_[size_t(slot)];
+    Work& w = sc.w;
     encode_raw(x.data() + b0 * D, bc, w);
-    mu = w.mu;
-    lv = w.lv;
-    sigma = (lv.array() * T(0.5)).exp().matrix();
-    logw.resize(bc, K);
+    sc.mu = w.mu;
+    sc.lv = w.lv;
+    sc.sigma = (sc.lv.array() * T(0.5)).exp().matrix();
+    sc.logw.resize(bc, K);
     for (Index k0 = 0; k0 < K; k0 += Kc) {
       const Index kc = std::min(Kc, K - k0), R = kc * bc;
       // Rows r = kk·bc + bb hold sample k0 + kk of example b0 + bb.
-      eps.resize(R, Z);
-      z.resize(R, Z);
-#pragma omp parallel for schedule(static) if (R * Z > 4096)
+      sc.eps.resize(R, Z);
+      sc.z.resize(R, Z);
       for (Index r = 0; r < R; ++r) {
         const Index kk = r / bc, bb = r % bc;
         const uint64_t first = (uint64_t(b0 + bb) * uint64_t(K) + uint64_t(k0 + kk)) * uint64_t(Z);
-        fill_normal_serial(eps.row(r).data(), Z, seed, streams::kLogLikelihood, first);
-        z.row(r) = mu.row(bb) + sigma.row(bb).cwiseProduct(eps.row(r));
+        fill_normal_serial(sc.eps.row(r).data(), Z, seed, streams::kLogLikelihood, first);
+        sc.z.row(r) = sc.mu.row(bb) + sc.sigma.row(bb).cwiseProduct(sc.eps.row(r));
       }
-      const T* hd = dec_.forward(p, z.data(), R, w.dec);
-      dec_out.resize(R, D);
-      linear_forward(dec_out.data(), hd, p + out_.w, p + out_.b, R, out_.in, out_.out);
-      logp.resize(R);
+      const T* hd = dec_.forward(p, sc.z.data(), R, w.dec);
+      sc.dec_out.resize(R, D);
+      linear_forward(sc.dec_out.data(), hd, p + out_.w, p + out_.b, R, out_.in, out_.out);
+      sc.logp.resize(R);
       if (lik_ == Likelihood::Bernoulli)
-        bernoulli_logpdf_forward(logp.data(), x.data() + b0 * D, dec_out.data(), R, bc, D);
+        bernoulli_logpdf_forward(sc.logp.data(), x.data() + b0 * D, sc.dec_out.data(), R, bc, D);
       else
-        gaussian_logpdf_forward(logp.data(), x.data() + b0 * D, dec_out.data(), lvx.data(), R, bc, D);
+        gaussian_logpdf_forward(sc.logp.data(), x.data() + b0 * D, sc.dec_out.data(), lvx.data(), R, bc, D);
       // log w = log p(x|z) + log p(z) − log q(z|x) = log p(x|z) + ½ Σ_j (lv + ε² − z²)
       for (Index r = 0; r < R; ++r) {
         const Index kk = r / bc, bb = r % bc;
         double a = 0;
         for (Index j = 0; j < Z; ++j) {
-          const double zz = double(z(r, j)), e = double(eps(r, j));
-          a += 0.5 * (double(lv(bb, j)) + e * e - zz * zz);
+          const double zz = double(sc.z(r, j)), e = double(sc.eps(r, j));
+          a += 0.5 * (double(sc.lv(bb, j)) + e * e - zz * zz);
         }
-        logw(bb, k0 + kk) = logp[r] + a;
+        sc.logw(bb, k0 + kk) = sc.logp[r] + a;
       }
     }
     // L_K = log (1/K) Σ_k w_k by log-sum-exp (MATH.md §3)
     for (Index bb = 0; bb < bc; ++bb) {
-      const double m = logw.row(bb).maxCoeff();
+      const double m = sc.logw.row(bb).maxCoeff();
       double s = 0;
-      for (Index k = 0; k < K; ++k) s += std::exp(logw(bb, k) - m);
+      for (Index k = 0; k < K; ++k) s += std::exp(sc.logw(bb, k) - m);
       out[b0 + bb] = std::isfinite(m) ? m + std::log(s) - std::log(double(K)) : m;
     }
-  }
+  });
   return out;
 }
 

@@ -6,7 +6,7 @@ import numbers
 
 import numpy as np
 
-__all__ = ["as_matrix", "as_array", "check_int", "check_float", "check_choice", "check_widths", "DTYPES"]
+__all__ = ["as_matrix", "as_array", "check_int", "check_float", "check_bool", "check_choice", "check_widths", "DTYPES"]
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
@@ -17,9 +17,10 @@ def _describe(x) -> str:
     return f"{type(x).__name__} {x!r}"[:120]
 
 
-def as_array(name: str, x, dtype, ndim: int | None = None, shape: tuple | None = None) -> np.ndarray:
+def as_array(name: str, x, dtype, ndim: int | None = None, shape: tuple | None = None,
+             return_range: bool = False):
     """A C-contiguous array of `dtype`; checks rank, shape (None entries are free), emptiness and
-    finiteness."""
+    finiteness. With return_range, returns (array, min, max)."""
     try:
         a = np.asarray(x)
     except Exception as e:  # ragged lists and the like
@@ -39,10 +40,13 @@ def as_array(name: str, x, dtype, ndim: int | None = None, shape: tuple | None =
     if a.size == 0:
         raise ValueError(f"{name} must not be empty, got shape {a.shape}")
     a = np.ascontiguousarray(a, dtype=dtype)
-    if not np.isfinite(a).all():
+    # min and max propagate NaN and show infinities: both finite means every entry is (two
+    # reductions without a temporary, where isfinite(a).all() builds a boolean array)
+    lo, hi = a.min(), a.max()
+    if not (np.isfinite(lo) and np.isfinite(hi)):
         bad = np.argwhere(~np.isfinite(a))[0]
         raise ValueError(f"{name} must contain only finite values, got {a[tuple(bad)]} at index {tuple(int(i) for i in bad)}")
-    return a
+    return (a, float(lo), float(hi)) if return_range else a
 
 
 def as_matrix(name: str, x, cols: int, dtype) -> np.ndarray:
@@ -72,6 +76,12 @@ def check_float(name: str, v, minimum: float | None = None, positive: bool = Fal
     if maximum is not None and v > maximum:
         raise ValueError(f"{name} must be <= {maximum}, got {v}")
     return v
+
+
+def check_bool(name: str, v) -> bool:
+    if not isinstance(v, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {_describe(v)}")
+    return bool(v)
 
 
 def check_choice(name: str, v, choices) -> str:

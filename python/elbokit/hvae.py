@@ -51,7 +51,7 @@ from . import _core
 from . import io as _io
 from . import random as _random
 from ._fit import fit_options, run_fit
-from ._validation import DTYPES, as_array, as_matrix, check_choice, check_float, check_int, check_widths
+from ._validation import DTYPES, as_array, as_matrix, check_bool, check_choice, check_float, check_int, check_widths
 from .results import History, mean_stderr
 from .vae import KL_METHODS, VAE, _check_model_options, _check_nan, _ParamModel
 
@@ -326,17 +326,19 @@ class HVAE(_ParamModel):
     def fit(self, x, epochs: int = 20, batch_size: int = 128, lr: float = 1e-3, optimizer: str = "adam",
             beta: float = 1.0, warmup_steps: int = 0, free_bits: float = 0.0, n_samples: int = 1,
             kl: str = "analytic", validation=None, seed: int = 0, progress: bool = True,
-            momentum: float = 0.9, weight_decay: float = 0.0, clip_norm: float | None = None) -> History:
+            momentum: float = 0.9, weight_decay: float = 0.0, clip_norm: float | None = None,
+            active_units: bool = True) -> History:
         """Trains by minibatch gradient ascent through the shared C++ loop (GIL released), as
         ``VAE.fit``. KL warm-up scales every level's term by beta_t = beta * min(1, t / warmup_steps);
         free bits act per level: each level's batch-mean term is replaced by max(free_bits, KL_l).
         With beta != 1 or free_bits > 0 the objective is not a bound; ``train_elbo`` is the true ELBO.
         The history's ``kl_terms`` (epochs, L) holds the per-level terms and ``active_units``
-        (epochs, L) the active units per level. Step t's noise is
+        (epochs, L) the active units per level (empty with ``active_units=False``). Step t's noise is
         ``ek.random.normal(n_samples * batch * sum(z_dims), seed, STREAMS['train_noise'] + t)`` in
         level blocks (n_samples, batch, z_l)."""
         x = self._x(x)
         xv = None if validation is None else self._x(validation, "validation")
         opts = fit_options(epochs, batch_size, lr, optimizer, beta, warmup_steps, free_bits, n_samples, kl, seed,
                            momentum, weight_decay, clip_norm)
+        opts["active_units"] = check_bool("active_units", active_units)
         return run_fit(self._core, x, xv, opts, progress, desc="HVAE")

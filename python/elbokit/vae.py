@@ -14,7 +14,7 @@ from . import _core
 from . import io as _io
 from . import random as _random
 from ._fit import fit_options, run_fit
-from ._validation import DTYPES, as_array, as_matrix, check_choice, check_float, check_int, check_widths
+from ._validation import DTYPES, as_array, as_matrix, check_bool, check_choice, check_float, check_int, check_widths
 from .results import ElboResult, History
 
 __all__ = ["VAE", "ACTIVATIONS", "LIKELIHOODS"]
@@ -137,10 +137,10 @@ class VAE(_ParamModel):
 
     # -- inputs ---------------------------------------------------------------------------------
     def _x(self, x, name="x") -> np.ndarray:
-        a = as_matrix(name, x, self.x_dim, self._np_dtype)
-        if self.likelihood == "bernoulli" and (a.min() < 0 or a.max() > 1):
+        a, lo, hi = as_array(name, x, self._np_dtype, ndim=2, shape=(None, self.x_dim), return_range=True)
+        if self.likelihood == "bernoulli" and (lo < 0 or hi > 1):
             raise ValueError(f"{name} must lie in [0, 1] for a Bernoulli likelihood, got values in "
-                             f"[{a.min():.4g}, {a.max():.4g}]")
+                             f"[{lo:.4g}, {hi:.4g}]")
         return a
 
     def _eps(self, n: int, n_samples, eps, seed) -> tuple[np.ndarray, int]:
@@ -245,7 +245,8 @@ class VAE(_ParamModel):
     def fit(self, x, epochs: int = 20, batch_size: int = 128, lr: float = 1e-3, optimizer: str = "adam",
             beta: float = 1.0, warmup_steps: int = 0, free_bits: float = 0.0, n_samples: int = 1,
             kl: str = "analytic", validation=None, seed: int = 0, progress: bool = True,
-            momentum: float = 0.9, weight_decay: float = 0.0, clip_norm: float | None = None) -> History:
+            momentum: float = 0.9, weight_decay: float = 0.0, clip_norm: float | None = None,
+            active_units: bool = True) -> History:
         """Trains by minibatch gradient ascent on the objective (the ELBO when beta = 1, no
         warm-up and no free bits; otherwise not a bound, and ``train_elbo`` reports the true ELBO
         beside it). The C++ loop runs with the GIL released.
@@ -256,9 +257,13 @@ class VAE(_ParamModel):
         bits: each dimension's batch-mean KL is replaced by max(free_bits, KL_j). ``momentum`` is
         used by optimizer="sgd" only. A non-finite loss raises FloatingPointError naming the step;
         the parameters stay those of the last finite step and ``err.history`` holds the history.
+        ``active_units``: count the active units at each epoch's end (an encoder pass over the
+        validation data, else over the first 2048 training rows); False skips that pass, and the
+        history's ``active_units`` is then empty.
         """
         x = self._x(x)
         xv = None if validation is None else self._x(validation, "validation")
         opts = fit_options(epochs, batch_size, lr, optimizer, beta, warmup_steps, free_bits, n_samples, kl, seed,
                            momentum, weight_decay, clip_norm)
+        opts["active_units"] = check_bool("active_units", active_units)
         return run_fit(self._core, x, xv, opts, progress, desc="VAE")

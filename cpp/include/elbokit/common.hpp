@@ -6,6 +6,9 @@
 #pragma once
 
 #include <Eigen/Dense>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include <cmath>
 #include <cstdint>
@@ -76,5 +79,36 @@ inline void check_positive(const char* name, double v) {
 constexpr double kParallelFlops = 4.0e6;
 
 inline Index ceil_div(Index a, Index b) { return (a + b - 1) / b; }
+
+inline int thread_slot() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+inline int max_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+// Row-chunk pipelines, for forward passes over many rows (evaluation, sampling, L_K): the rows are
+// cut into chunks of at most kPipelineRows (the cut depends on the row count alone) and each chunk
+// runs the whole network on one thread, its products and element-wise kernels serial (an inner
+// parallel region inside this one runs on one thread). Between layers the chunk's activations stay
+// in that core's cache, and there is no barrier per layer. A row's result depends only on its
+// chunk's rows, never on the thread that ran it. f(begin, rows, slot): slot < max_threads() names
+// the calling thread's scratch buffers.
+constexpr Index kPipelineRows = 256;
+
+template <class F>
+void for_row_chunks(Index n, Index chunk, F&& f) {
+  const Index nc = ceil_div(n, chunk);
+#pragma omp parallel for schedule(dynamic, 1) if (nc > 1)
+  for (Index c = 0; c < nc; ++c) f(c * chunk, std::min(chunk, n - c * chunk), thread_slot());
+}
 
 }  // namespace elbokit

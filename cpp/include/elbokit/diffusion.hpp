@@ -170,6 +170,7 @@ class Diffusion {
   uint64_t ema_steps_ = 0;
   LossKind train_loss_ = LossKind::Simple;
   Work work_;
+  std::vector<Work> pool_;  // one per thread: the row-chunk pipelines' scratch (common.hpp)
   std::mutex mutex_;
 };
 

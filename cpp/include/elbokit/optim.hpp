@@ -8,6 +8,7 @@
 #include <string>
 
 #include "elbokit/common.hpp"
+#include "elbokit/simd.hpp"
 
 namespace elbokit {
 
@@ -40,10 +41,13 @@ class Optimizer {
   int64_t steps() const { return t_; }
 
   // step: params (P) -= update(grad (P)); grad is left unchanged. The flat buffer is updated in
-  // blocks of Eigen arrays (vectorized sqrt and division), in parallel over blocks when large.
+  // blocks, in parallel over blocks when large; Adam in one pass on SIMD packets (each entry read
+  // and written once), SGD as Eigen array expressions.
   void step(T* params, const T* grad) {
     using A = Eigen::Array<T, Eigen::Dynamic, 1>;
-    const Index P = m_.size();
+    using P = simd::Packet<T>;
+    namespace ei = simd::ei;
+    const Index Pn = m_.size();
     ++t_;
     const T wd = T(c_.weight_decay);
     const bool sgd = c_.kind == "sgd", first = t_ == 1;
@@ -51,25 +55,36 @@ class Optimizer {
     const double bc1 = 1.0 - std::pow(c_.beta1, double(t_)), bc2 = 1.0 - std::pow(c_.beta2, double(t_));
     const T step_size = T(c_.lr / bc1), inv_sqrt_bc2 = T(1.0 / std::sqrt(bc2));
     constexpr Index kBlock = 16384;
-    const Index nb = ceil_div(P, kBlock);
-#pragma omp parallel for schedule(static) if (P > 4 * kBlock)
+    const Index nb = ceil_div(Pn, kBlock);
+#pragma omp parallel for schedule(static) if (Pn > 4 * kBlock)
     for (Index k = 0; k < nb; ++k) {
-      const Index o = k * kBlock, len = std::min(kBlock, P - o);
-      Eigen::Map<A> p(params + o, len), m(m_.data() + o, len);
-      Eigen::Map<const A> g0(grad + o, len);
-      const A g = wd != T(0) ? A(g0 + wd * p) : A(g0);
-      if (sgd) {  // torch.optim.SGD: buf = g (first step), then buf = momentum·buf + g
+      const Index o = k * kBlock, len = std::min(kBlock, Pn - o);
+      if (sgd) {  // torch.optim.SGD: g = grad + wd·p; buf = g (first step), then buf = momentum·buf + g
+        Eigen::Map<A> p(params + o, len), m(m_.data() + o, len);
+        Eigen::Map<const A> g(grad + o, len);
         if (mom == T(0)) {
-          p -= lr * g;
+          p -= lr * (g + wd * p);
         } else {
-          m = first ? g : A(mom * m + g);
+          if (first)
+            m = g + wd * p;
+          else
+            m = mom * m + (g + wd * p);
           p -= lr * m;
         }
-      } else {  // torch.optim.Adam
-        Eigen::Map<A> v(v_.data() + o, len);
-        m = b1 * m + (T(1) - b1) * g;
-        v = b2 * v + (T(1) - b2) * g.square();
-        p -= step_size * m / (v.sqrt() * inv_sqrt_bc2 + eps);
+      } else {  // torch.optim.Adam: g = grad + wd·p; m = β1 m + (1−β1) g; v = β2 v + (1−β2) g²;
+                // p −= lr/(1−β1^t) · m / (√v / √(1−β2^t) + eps)
+        const P pb1 = ei::pset1<P>(b1), pb1c = ei::pset1<P>(T(1) - b1), pb2 = ei::pset1<P>(b2),
+                pb2c = ei::pset1<P>(T(1) - b2), pwd = ei::pset1<P>(wd), pstep = ei::pset1<P>(step_size),
+                pinv = ei::pset1<P>(inv_sqrt_bc2), peps = ei::pset1<P>(eps);
+        const bool decay = wd != T(0);
+        const T* const in[4] = {params + o, m_.data() + o, v_.data() + o, grad + o};
+        T* const out[3] = {params + o, m_.data() + o, v_.data() + o};
+        simd::map<T>(len, in, out, [&](const P* a, P* r) {
+          const P g = decay ? ei::padd(a[3], ei::pmul(pwd, a[0])) : a[3];
+          r[1] = ei::padd(ei::pmul(pb1, a[1]), ei::pmul(pb1c, g));
+          r[2] = ei::padd(ei::pmul(pb2, a[2]), ei::pmul(pb2c, ei::pmul(g, g)));
+          r[0] = ei::psub(a[0], ei::pdiv(ei::pmul(pstep, r[1]), ei::padd(ei::pmul(ei::psqrt(r[2]), pinv), peps)));
+        });
       }
     }
   }

@@ -40,6 +40,7 @@ struct FitOptions {
   double clip_norm = 0.0;     // 0 = no clipping
   uint64_t seed = 0;
   Index report_every = 0;     // steps between progress reports (0: about 50 a epoch)
+  bool active_units = true;   // count active units at each epoch's end (models that have them)
 };
 
 struct StepResult {
@@ -214,8 +215,8 @@ void fit(Model& model, const T* x, Index N, const T* xval, Index Nval, const Fit
       hist.val_elbo.push_back(v.elbo);
       hist.val_reconstruction.push_back(v.reconstruction);
       hist.val_kl.push_back(v.kl);
-      hist.active_units.push_back(model.active_units(xval, Nval));
-    } else {  // without validation data: the first kActiveUnitRows training rows (a variance estimate)
+      if (o.active_units) hist.active_units.push_back(model.active_units(xval, Nval));
+    } else if (o.active_units) {  // without validation data: the first kActiveUnitRows training rows
       hist.active_units.push_back(model.active_units(x, std::min(N, kActiveUnitRows)));
     }
     if (progress) {

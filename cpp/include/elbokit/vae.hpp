@@ -106,6 +106,14 @@ class VAE {
     Mat<T> mu, lv, sigma, z, out, sig, dout, dz, dh, dmu, dlv, dhd;  // see forward()
     Vec<double> logp;                                           // (S·B)
   };
+  // Per-thread scratch of the row-chunk pipelines (elbo, log_likelihood; common.hpp).
+  struct Scratch {
+    Work w;
+    Mat<T> eps, z, dec_out;  // (R, Z), (R, Z), (R, D)
+    Mat<T> mu, lv, sigma;    // (B, Z)
+    Mat<double> logw;        // (B, K)
+    Vec<double> logp;        // (R)
+  };
   void forward(const T* x, Index B, const T* eps, Index S, KLMode kl, Work& w, ElboTerms& t, bool for_grad);
   void encode_raw(const T* x, Index B, Work& w);
   void encoder_backward_raw(const T* x, Index B, const T* dmu, const T* dlv, Work& w, T* grad);
@@ -119,6 +127,7 @@ class VAE {
   Index dec_lv_ = -1;  // offset of decoder.logvar, −1 when absent
   Vec<T> params_;      // (P)
   Work work_;
+  std::vector<Scratch> pool_;  // one per thread
   std::mutex mutex_;   // one call at a time per model: the work buffers are shared
 };
 
