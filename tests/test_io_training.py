@@ -117,3 +117,20 @@ def test_saved_files_get_ordinary_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (path.stat().st_mode & 0o777) == (0o666 & ~umask)
+
+
+@pytest.mark.parametrize("make", [lambda: ek.VAE(64, 6, hidden=(32,), seed=0),
+                                  lambda: ek.HVAE(64, z_dims=(6, 3), hidden=(32,), seed=0)])
+def test_fit_without_active_units_trains_the_same(make):
+    """fit(active_units=False) skips the per-epoch encoder pass: the history has no active units,
+    and the training itself (steps, parameters) is bit for bit the same."""
+    train, test = ek.datasets.digits()
+    a, b = make(), make()
+    ha = a.fit(train[:500], epochs=2, batch_size=50, validation=test[:100], progress=False)
+    hb = b.fit(train[:500], epochs=2, batch_size=50, validation=test[:100], progress=False, active_units=False)
+    assert len(ha["active_units"]) == 2 and hb["active_units"].size == 0
+    assert np.array_equal(ha["step_loss"], hb["step_loss"]) and np.array_equal(ha["val_elbo"], hb["val_elbo"])
+    pa, pb = a.parameters(), b.parameters()
+    assert all(np.array_equal(pa[n], pb[n]) for n in pa)
+    with pytest.raises(ValueError, match="active_units must be True or False, got str 'no'"):
+        a.fit(train[:100], epochs=1, progress=False, active_units="no")
