@@ -134,6 +134,16 @@ struct has_after_step<M, std::void_t<decltype(std::declval<M&>().after_step(uint
 // data: enough for the variance of an encoder mean, and a bounded cost per epoch.
 constexpr Index kActiveUnitRows = 2048;
 
+// buf (n) = 0, in parallel over blocks when large (a training step's gradient is ~n·4 bytes of
+// memory traffic that one core alone would spend ~3% of a case-1 step on).
+template <class T>
+void zero_parallel(T* buf, Index n) {
+  constexpr Index kBlock = 16384;
+  const Index nb = ceil_div(n, kBlock);
+#pragma omp parallel for schedule(static) if (n > 4 * kBlock)
+  for (Index k = 0; k < nb; ++k) std::fill(buf + k * kBlock, buf + std::min(n, (k + 1) * kBlock), T(0));
+}
+
 // β at global step t: KL warm-up rises linearly from 0 (MATH.md §2).
 inline double beta_at(const FitOptions& o, Index step) {
   if (o.warmup_steps <= 0) return o.beta;
@@ -163,10 +173,11 @@ void fit(Model& model, const T* x, Index N, const T* xval, Index Nval, const Fit
     std::vector<double> s_terms;
     for (Index k = 0; k < steps_per_epoch; ++k, ++step) {
       const Index b0 = k * B, bs = std::min(B, N - b0);
+#pragma omp parallel for schedule(static) if (bs * D > 65536)
       for (Index i = 0; i < bs; ++i)
         std::copy(x + perm[size_t(b0 + i)] * D, x + (perm[size_t(b0 + i)] + 1) * D, xb.data() + i * D);
       const double beta = beta_at(o, step);
-      grad.setZero();
+      zero_parallel(grad.data(), P);
       const StepResult r = model.train_step(xb.data(), bs, o, uint64_t(step), beta, grad.data());
       const double norm = grad_norm(grad.data(), P);
       if (!std::isfinite(r.loss) || !std::isfinite(norm)) {
