@@ -223,19 +223,21 @@ HElboTerms HVAE<T>::elbo(CMatRef<T> x, const T* eps, Index S, KLMode kl) {
   if (S <= 0) fail("n_samples must be a positive integer, got " + std::to_string(S));
   std::lock_guard<std::mutex> lock(mutex_);
   const Index N = x.rows();
-  HElboTerms out, t;
+  HElboTerms out;
   out.reconstruction.resize(N);
   out.kl_levels.resize(N, L_);
-  const Index chunk = std::max<Index>(1, 8192 / S);  // about 8192 decoder rows at a time
-  Mat<T> eps_c;
-  for (Index b0 = 0; b0 < N; b0 += chunk) {
-    const Index bc = std::min(chunk, N - b0);
-    eps_chunk(eps_c, eps, S, N, b0, bc, zoff_);
-    forward(x.data() + b0 * cfg_.x_dim, bc, eps_c.data(), S, kl, work_);
-    collect(bc, S, work_, t);
+  // Chunks of about kPipelineRows decoder rows, each through every network on one thread
+  // (common.hpp: row-chunk pipelines).
+  pool_.resize(size_t(max_threads()));
+  for_row_chunks(N, std::max<Index>(1, kPipelineRows / S), [&](Index b0, Index bc, int slot) {
+    Scratch& sc = pool_[size_t(slot)];
+    HElboTerms t;
+    eps_chunk(sc.eps, eps, S, N, b0, bc, zoff_);
+    forward(x.data() + b0 * cfg_.x_dim, bc, sc.eps.data(), S, kl, sc.w);
+    collect(bc, S, sc.w, t);
     out.reconstruction.segment(b0, bc) = t.reconstruction;
     out.kl_levels.middleRows(b0, bc) = t.kl_levels;
-  }
+  });
   return out;
 }
 
@@ -376,14 +378,16 @@ Vec<double> HVAE<T>::log_likelihood(CMatRef<T> x, Index K, uint64_t seed) {
   if (K <= 0) fail("k must be a positive integer, got " + std::to_string(K));
   std::lock_guard<std::mutex> lock(mutex_);
   const Index N = x.rows(), D = cfg_.x_dim;
-  constexpr Index kRows = 8192;  // decoder rows per pass: bounds memory for any K and N
-  const Index Bc = std::max<Index>(1, std::min(N, kRows / K));
-  const Index Kc = std::min(K, kRows);
+  // A task takes Bc examples and all their K samples, on one thread (common.hpp: row-chunk
+  // pipelines), kc samples at a time: about kPipelineRows rows per pass.
+  const Index Bc = std::max<Index>(1, std::min(N, kPipelineRows / K));
+  const Index Kc = ceil_div(K, ceil_div(K, std::max<Index>(1, kPipelineRows / Bc)));
   Vec<double> out(N);
-  Mat<T> eps;
-  Mat<double> logw;  // (Bc, K) log importance weights
-  for (Index b0 = 0; b0 < N; b0 += Bc) {
-    const Index bc = std::min(Bc, N - b0);
+  pool_.resize(size_t(max_threads()));
+  for_row_chunks(N, Bc, [&](Index b0, Index bc, int slot) {
+    Scratch& sc = pool_[size_t(slot)];
+    Mat<T>& eps = sc.eps;
+    Mat<double>& logw = sc.logw;  // (bc, K) log importance weights
     logw.resize(bc, K);
     for (Index k0 = 0; k0 < K; k0 += Kc) {
       const Index kc = std::min(Kc, K - k0), R = kc * bc;
@@ -392,7 +396,6 @@ Vec<double> HVAE<T>::log_likelihood(CMatRef<T> x, Index K, uint64_t seed) {
       for (Index l = 0; l < L_; ++l) {
         const Index Z = cfg_.z_dims[size_t(l)];
         T* e = eps.data() + R * zoff_[size_t(l)];
-#pragma omp parallel for schedule(static) if (R * Z > 4096)
         for (Index r = 0; r < R; ++r) {
           const uint64_t b = uint64_t(b0 + r % bc), k = uint64_t(k0 + r / bc);
           fill_normal_serial(e + r * Z, Z, seed, streams::kLogLikelihood,
@@ -400,10 +403,10 @@ Vec<double> HVAE<T>::log_likelihood(CMatRef<T> x, Index K, uint64_t seed) {
         }
       }
       // log w = log p(x|z_1) − Σ_l [log q(z_l|·) − log p(z_l|·)]: the per-row Monte-Carlo terms
-      forward(x.data() + b0 * D, bc, eps.data(), kc, KLMode::MonteCarlo, work_);
+      forward(x.data() + b0 * D, bc, eps.data(), kc, KLMode::MonteCarlo, sc.w);
       for (Index r = 0; r < R; ++r) {
-        double a = work_.logp[r];
-        for (Index l = 0; l < L_; ++l) a -= work_.lv[size_t(l)].krow[r];
+        double a = sc.w.logp[r];
+        for (Index l = 0; l < L_; ++l) a -= sc.w.lv[size_t(l)].krow[r];
         logw(r % bc, k0 + r / bc) = a;
       }
     }
@@ -414,7 +417,7 @@ Vec<double> HVAE<T>::log_likelihood(CMatRef<T> x, Index K, uint64_t seed) {
       for (Index k = 0; k < K; ++k) s += std::exp(logw(bb, k) - m);
       out[b0 + bb] = std::isfinite(m) ? m + std::log(s) - std::log(double(K)) : m;
     }
-  }
+  });
   return out;
 }
 

@@ -173,6 +173,13 @@ class HVAE {
     Mat<T> out, sig, dout, dhd;  // p(x|z_1): output, sigmoid(output) (Bernoulli) (R, D); dhd (R, H)
     Vec<double> logp;       // (R)
   };
+  // Per-thread scratch of the row-chunk pipelines (elbo, log_likelihood; common.hpp).
+  struct Scratch {
+    Work w;
+    Mat<T> eps;        // the chunk's noise, level-blocked
+    Mat<double> logw;  // (B, K) log importance weights
+  };
+
   // forward: every level's Gaussians and samples, log p(x|z_1) and the per-row level terms.
   // posterior_only: stop once q's Gaussians and samples are computed (encode, active units).
   void forward(const T* x, Index B, const T* eps, Index S, KLMode kl, Work& w, bool posterior_only = false);
@@ -197,6 +204,7 @@ class HVAE {
   Index dec_lv_ = -1;
   Vec<T> params_;  // (P)
   Work work_;
+  std::vector<Scratch> pool_;  // one per thread
   std::mutex mutex_;
 };
 
