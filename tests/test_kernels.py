@@ -62,7 +62,7 @@ def test_activation_kernels_match_float64_reference(dtype, act):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("act", ["sigmoid", "softplus", "elu", "leaky_relu"])
+@pytest.mark.parametrize("act", ["sigmoid", "softplus", "elu", "silu", "leaky_relu"])
 def test_packet_kernels_do_not_depend_on_position(dtype, act):
     """simd.hpp runs every element through the same packet code, the last partial packet
     included: an element's value does not depend on the length of its array or its offset."""

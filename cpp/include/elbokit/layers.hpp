@@ -182,7 +182,11 @@ void activation_forward(T* out, const T* inp, Index n, Activation act) {
           simd::map<T>(len, in2, res, [](const P* v, P* r) { r[0] = simd::select(simd::positive(v[0]), v[0], v[1]); });
         }
         break;
-      case Activation::SiLU: y = a / (T(1) + (-a).exp()); break;
+      case Activation::SiLU:  // a / (1 + e^{−a})
+        simd::map<T>(len, in, res, [](const P* v, P* r) {
+          r[0] = ei::pdiv(v[0], ei::padd(simd::one<P>(), ei::pexp(ei::pnegate(v[0]))));
+        });
+        break;
       case Activation::LeakyReLU:
         simd::map<T>(len, in, res, [](const P* v, P* r) {
           r[0] = simd::select(simd::positive(v[0]), v[0], ei::pmul(ei::pset1<P>(T(kLeakySlope)), v[0]));
@@ -219,11 +223,12 @@ void activation_backward(T* dinp, const T* dout, const T* inp, const T* out, Ind
         });
         break;
       }
-      case Activation::SiLU: {
-        const auto s = T(1) / (T(1) + (-a).exp());
-        d = g * s * (T(1) + a * (T(1) - s));
+      case Activation::SiLU:  // s = σ(a): d = g·s·(1 + a(1 − s)), one exp per entry
+        simd::map<T>(len, ag, res, [](const P* v, P* r) {
+          const P s = ei::pdiv(simd::one<P>(), ei::padd(simd::one<P>(), ei::pexp(ei::pnegate(v[0]))));
+          r[0] = ei::pmul(ei::pmul(v[1], s), ei::padd(simd::one<P>(), ei::pmul(v[0], ei::psub(simd::one<P>(), s))));
+        });
         break;
-      }
       case Activation::LeakyReLU:
         simd::map<T>(len, ag, res, [](const P* v, P* r) {
           r[0] = simd::select(simd::positive(v[0]), v[1], ei::pmul(ei::pset1<P>(T(kLeakySlope)), v[1]));
