@@ -17,12 +17,8 @@ namespace elbokit {
 // size n is cut into ceil(n / max) tiles of balanced sizes (multiples of 16); the cut depends on
 // the shape alone; which thread computes a tile does not matter (dynamic schedule for balance),
 // since each tile is computed whole by one thread. Large row tiles let one packed panel of the other operand serve many rows.
-#ifndef ELBOKIT_TILE_ROWS
-#define ELBOKIT_TILE_ROWS 128
-#define ELBOKIT_TILE_COLS 256
-#endif
-constexpr Index kTileRows = ELBOKIT_TILE_ROWS;  // rows of the output per tile, at most
-constexpr Index kTileCols = ELBOKIT_TILE_COLS;  // columns of the output per tile, at most
+constexpr Index kTileRows = 128;  // rows of the output per tile, at most
+constexpr Index kTileCols = 256;  // columns of the output per tile, at most
 
 struct Tiling {
   Index n = 0, count = 1, size = 0;
