@@ -9,7 +9,6 @@ namespace elbokit {
 
 namespace {
 constexpr double kPi = 3.141592653589793;
-constexpr Index kChunkRows = 8192;  // network rows per pass in the full ELBO: bounds memory
 }  // namespace
 
 std::vector<double> schedule_betas(const std::string& kind, Index T) {
@@ -347,17 +346,17 @@ DiffusionElboTerms Diffusion<T>::elbo_denoising(CMatRef<T> x0, uint64_t seed) {
   out.prior.resize(N);
   out.steps = Mat<double>::Zero(N, Tn);
   for (Index b = 0; b < N; ++b) out.prior[b] = prior_kl(x0.data() + b * D);
-  Work& w = work_;
-  Mat<T> eps, mean;
-  std::vector<Index> tt;
-  std::vector<double> nll;
+  // The N·T network rows (example b, step t) at p = b·T + t − 1, in chunks of kPipelineRows, each
+  // through the network on one thread (common.hpp: row-chunk pipelines).
+  pool_.resize(size_t(max_threads()));
   const Index total = N * Tn;
-  for (Index p0 = 0; p0 < total; p0 += kChunkRows) {
-    const Index R = std::min(kChunkRows, total - p0);
+  for_row_chunks(total, kPipelineRows, [&](Index p0, Index R, int slot) {
+    Work& w = pool_[size_t(slot)];
+    Mat<T>& eps = w.deps;  // (R, D) the rows' noise
+    std::vector<Index>& tt = w.t;
     eps.resize(R, D);
     w.xt.resize(R, D);
     tt.resize(size_t(R));
-#pragma omp parallel for schedule(static) if (R * D > 4096)
     for (Index r = 0; r < R; ++r) {
       const Index p = p0 + r, b = p / Tn, t = p % Tn + 1;
       tt[size_t(r)] = t;
@@ -373,7 +372,7 @@ DiffusionElboTerms Diffusion<T>::elbo_denoising(CMatRef<T> x0, uint64_t seed) {
       const Index p = p0 + r, b = p / Tn, t = tt[size_t(r)];
       if (t == 1) {
         double v;
-        recon_nll(x0.data() + b * D, w.xt.data() + r * D, w.eps_hat.data() + r * D, 1, &v, mean);
+        recon_nll(x0.data() + b * D, w.xt.data() + r * D, w.eps_hat.data() + r * D, 1, &v, w.mean);
         out.reconstruction[b] = -v;
         continue;
       }
@@ -387,7 +386,7 @@ DiffusionElboTerms Diffusion<T>::elbo_denoising(CMatRef<T> x0, uint64_t seed) {
       const double wt = beta * beta / (2.0 * s2 * sch_.alphas[s] * (1.0 - sch_.alphas_cumprod[s]));
       out.steps(b, t - 1) = wt * sq + 0.5 * double(D) * (ratio - 1.0 - std::log(ratio));
     }
-  }
+  });
   return out;
 }
 
@@ -407,15 +406,19 @@ DiffusionElboTerms Diffusion<T>::elbo_consistency(CMatRef<T> x0, uint64_t seed) 
   out.reconstruction.resize(N);
   out.prior.resize(N);
   out.steps = Mat<double>::Zero(N, Tn);
-  Work& w = work_;
-  Mat<T> chain, mean, mu;  // chain (bc·T, D): row b·T + (t − 1) holds x_t of example b0 + b
-  std::vector<Index> tt;
-  const Index per = std::max<Index>(1, kChunkRows / Tn);
-  for (Index b0 = 0; b0 < N; b0 += per) {
-    const Index bc = std::min(per, N - b0), R = bc * Tn;
+  // Chunks of whole chains (about kPipelineRows network rows, at least one example), each on one
+  // thread (common.hpp: row-chunk pipelines).
+  pool_.resize(size_t(max_threads()));
+  const Index per = std::max<Index>(1, kPipelineRows / Tn);
+  for_row_chunks(N, per, [&](Index b0, Index bc, int slot) {
+    Work& w = pool_[size_t(slot)];
+    const Index R = bc * Tn;
+    Mat<T>& chain = w.xt;  // (bc·T, D): row b·T + (t − 1) holds x_t of example b0 + b
+    Mat<T>& mu = w.mean;   // (bc·T, D): μ_θ(x_t, t)
+    Mat<T>& mean = w.dout;  // recon_nll's scratch
+    std::vector<Index>& tt = w.t;
     chain.resize(R, D);
     tt.resize(size_t(R));
-#pragma omp parallel for schedule(static) if (R * D > 4096)
     for (Index b = 0; b < bc; ++b) {
       for (Index t = 1; t <= Tn; ++t) {
         const Index r = b * Tn + t - 1;
@@ -452,7 +455,7 @@ DiffusionElboTerms Diffusion<T>::elbo_consistency(CMatRef<T> x0, uint64_t seed) 
       for (Index j = 0; j < D; ++j) acc += aT * double(chain(r1 + Tn - 2, j)) * double(chain(r1 + Tn - 2, j));
       out.prior[b0 + b] = 0.5 * (acc + double(D) * (bT - 1.0 - std::log(bT)));
     }
-  }
+  });
   return out;
 }
 
