@@ -307,13 +307,7 @@ Vec<double> VAE<T>::log_likelihood(CMatRef<T> x, Index K, uint64_t seed) {
         sc.logw(bb, k0 + kk) = sc.logp[r] + a;
       }
     }
-    // L_K = log (1/K) Σ_k w_k by log-sum-exp (MATH.md §3)
-    for (Index bb = 0; bb < bc; ++bb) {
-      const double m = sc.logw.row(bb).maxCoeff();
-      double s = 0;
-      for (Index k = 0; k < K; ++k) s += std::exp(sc.logw(bb, k) - m);
-      out[b0 + bb] = std::isfinite(m) ? m + std::log(s) - std::log(double(K)) : m;
-    }
+    for (Index bb = 0; bb < bc; ++bb) out[b0 + bb] = log_mean_exp(sc.logw.row(bb).data(), K);  // L_K (MATH.md §3)
   });
   return out;
 }

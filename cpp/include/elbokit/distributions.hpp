@@ -410,6 +410,20 @@ void discretized_gaussian_logpmf_backward(T* dmean, const double* coef, const T*
   }
 }
 
+// ---- The importance-weighted bound from log weights (MATH.md §3): L_K = log (1/K) Σ_k w_k by
+// log-sum-exp in double, for logw (K); −inf when every weight is 0, NaN passes through.
+inline double log_mean_exp(const double* logw, Index K) {
+  double m = -std::numeric_limits<double>::infinity();
+  for (Index k = 0; k < K; ++k) {
+    if (std::isnan(logw[k])) return logw[k];
+    m = std::max(m, logw[k]);
+  }
+  if (!std::isfinite(m)) return m;
+  double s = 0;
+  for (Index k = 0; k < K; ++k) s += std::exp(logw[k] - m);
+  return m + std::log(s) - std::log(double(K));
+}
+
 // ---- Aggregate posterior q_agg(z) = (1/N) Σ_i N(z; μ_i, diag e^{lv_i}) (MATH.md §4), the log-density
 // at M points by log-sum-exp over all N encodings: O(M·N·Z), parallel over points (each row's sum
 // in a fixed order, so results do not depend on the number of threads). Forward only: the ELBO
