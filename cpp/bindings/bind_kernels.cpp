@@ -5,6 +5,8 @@
 
 #include "bindings.hpp"
 #include "elbokit/distributions.hpp"
+#include "elbokit/gemm.hpp"
+#include "elbokit/layers.hpp"
 
 namespace py = pybind11;
 using namespace elbokit;
@@ -28,6 +30,35 @@ void bind_kernels_for(py::module_& k) {
     activation_backward(d.data(), dout.data(), a.data(), y.data(), a.size(), f);
     return d;
   }, py::arg("activation"), py::arg("a"), py::arg("dout"), "dinp = dout * f'(a), (n, m).");
+  k.def("gemm", [](bool ta, bool tb, CRef a, CRef b, Mat<T> c, double beta, const std::string& backend) {
+    if (backend != "default" && backend != "eigen") fail("backend must be 'default' or 'eigen', got '" + backend + "'");
+    const Index m = ta ? a.cols() : a.rows(), k = ta ? a.rows() : a.cols();
+    const Index kb = tb ? b.cols() : b.rows(), n = tb ? b.rows() : b.cols();
+    if (kb != k) fail("b must have " + std::to_string(k) + " rows in op(b), got " + std::to_string(kb));
+    check_shape("c", c.rows(), c.cols(), m, n);
+    auto f = backend == "eigen" ? &gemm_eigen<T> : &gemm<T>;
+    f(ta, tb, m, n, k, a.data(), std::max<Index>(1, a.cols()), b.data(), std::max<Index>(1, b.cols()), T(beta),
+      c.data(), std::max<Index>(1, n));
+    return c;
+  }, py::arg("ta"), py::arg("tb"), py::arg("a"), py::arg("b"), py::arg("c"), py::arg("beta"),
+     py::arg("backend") = "default", "beta * c + op(a) op(b) through the engine's product (gemm.hpp).");
+  k.def("linear_forward", [](CRef x, CRef w, CRef b) {
+    check_cols("w", w.rows(), w.cols(), x.cols());
+    check_shape("b", b.rows(), b.cols(), 1, w.rows());
+    Mat<T> y(x.rows(), w.rows());
+    linear_forward(y.data(), x.data(), w.data(), b.data(), x.rows(), x.cols(), w.rows());
+    return y;
+  }, py::arg("x"), py::arg("w"), py::arg("b"), "x (B,I) w (O,I)ᵀ + b (1,O), in the engine's tiles.");
+  k.def("linear_backward", [](CRef dout, CRef x, CRef w, Mat<T> dx, Mat<T> dw, Mat<T> db) {
+    const Index B = x.rows(), I = x.cols(), O = w.rows();
+    check_shape("dout", dout.rows(), dout.cols(), B, O);
+    check_shape("dx", dx.rows(), dx.cols(), B, I);
+    check_shape("dw", dw.rows(), dw.cols(), O, I);
+    check_shape("db", db.rows(), db.cols(), 1, O);
+    linear_backward(dx.data(), dw.data(), db.data(), dout.data(), x.data(), w.data(), B, I, O);
+    return py::make_tuple(dx, dw, db);
+  }, py::arg("dout"), py::arg("x"), py::arg("w"), py::arg("dx"), py::arg("dw"), py::arg("db"),
+     "(dx + dout w, dw + doutᵀ x, db + Σ dout): accumulates, as the engine's backward does.");
   k.def("bernoulli_logpdf", [](CRef x, CRef logits) {
     check_cols("logits", logits.rows(), logits.cols(), x.cols());
     if (logits.rows() % x.rows() != 0)

@@ -2,12 +2,15 @@
 #include <omp.h>
 
 #include "bindings.hpp"
+#include "elbokit/gemm.hpp"
 #include "elbokit/train.hpp"
 
 namespace py = pybind11;
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "elbokit's C++ engine (private: use the elbokit package)";
+  elbokit::gemm_init();
+  m.def("gemm_backend", &elbokit::gemm_backend, "The library behind the engine's matrix products.");
   m.def("num_threads", []() { return omp_get_max_threads(); }, "OpenMP threads used by the engine.");
   m.def("set_num_threads", [](int n) {
     if (n <= 0) throw std::invalid_argument("n must be a positive integer, got " + std::to_string(n));

@@ -8,7 +8,24 @@ explained by a verified C++ engine.
     vae.elbo(test, n_samples=10)            # every term, per example, with standard errors
     vae.log_likelihood(test, k=5000)        # importance-weighted bound L_K
 """
-from . import _core, datasets, random
+
+
+def _load_openblas():
+    """Loads scipy-openblas32's library by path before the extension needs it (the extension also
+    finds it through its RPATH when both packages sit in the same site-packages)."""
+    import ctypes
+    import os
+    try:
+        import scipy_openblas32
+    except ImportError:  # an ELBOKIT_BLAS=OFF build does not need it
+        return
+    lib = os.path.join(scipy_openblas32.get_lib_dir(), "libscipy_openblas.so")
+    if os.path.isfile(lib):
+        ctypes.CDLL(lib)
+
+
+_load_openblas()
+from . import _core, datasets, random  # noqa: E402
 from .io import load
 from .results import ElboResult, History, mean_stderr
 from .vae import VAE

@@ -238,6 +238,7 @@ def _info(args) -> int:
         ("elbokit", __version__),
         ("engine", os.path.basename(_core.__file__)),
         ("threads", str(get_num_threads())),
+        ("products", _core.gemm_backend()),
         ("dtypes", "float32 (speed), float64 (verification)"),
         ("models", ", ".join(MODELS)),
         ("data sets", ", ".join(datasets.DATASETS)),

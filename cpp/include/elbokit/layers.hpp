@@ -9,6 +9,7 @@
 #include <string>
 
 #include "elbokit/common.hpp"
+#include "elbokit/gemm.hpp"
 #include "elbokit/simd.hpp"
 
 namespace elbokit {
@@ -34,9 +35,7 @@ struct Tiling {
 // linear_forward: out (B,O) = inp (B,I) · weightᵀ (I,O) + bias (O).
 template <class T>
 void linear_forward(T* out, const T* inp, const T* weight, const T* bias, Index B, Index I, Index O) {
-  CMatMap<T> X(inp, B, I);     // (B, I)
-  CMatMap<T> W(weight, O, I);  // (O, I)
-  MatMap<T> Y(out, B, O);      // (B, O)
+  MatMap<T> Y(out, B, O);  // (B, O)
   const Tiling tr(B, kTileRows), tc(O, kTileCols);
   const Index ntiles = tr.count * tc.count;
   const bool par = ntiles > 1 && 2.0 * double(B) * double(I) * double(O) > kParallelFlops;
@@ -44,8 +43,9 @@ void linear_forward(T* out, const T* inp, const T* weight, const T* bias, Index 
   for (Index t = 0; t < ntiles; ++t) {
     const Index r0 = tr.begin(t / tc.count), c0 = tc.begin(t % tc.count);
     const Index rb = tr.len(t / tc.count), cb = tc.len(t % tc.count);
+    // Y[r0:r0+rb, c0:c0+cb] = X[r0:r0+rb, :] (rb,I) · W[c0:c0+cb, :]ᵀ (I,cb)
+    gemm<T>(false, true, rb, cb, I, inp + r0 * I, I, weight + c0 * I, I, T(0), out + r0 * O + c0, O);
     auto Yt = Y.block(r0, c0, rb, cb);
-    Yt.noalias() = X.middleRows(r0, rb) * W.middleRows(c0, cb).transpose();
     if (bias) {
       Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>> bt(bias + c0, cb);
       Yt.rowwise() += bt;
@@ -60,25 +60,22 @@ void linear_forward(T* out, const T* inp, const T* weight, const T* bias, Index 
 template <class T>
 void linear_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight,
                      Index B, Index I, Index O) {
-  CMatMap<T> dY(dout, B, O);
-  CMatMap<T> X(inp, B, I);
-  CMatMap<T> W(weight, O, I);
   const bool par = 2.0 * double(B) * double(I) * double(O) > kParallelFlops;
-  MatMap<T> dW(dweight, O, I);
   // One parallel region for the input gradient's tiles and the weight gradient's tiles.
   const Tiling xr(B, kTileRows), xc(I, kTileCols), wr(O, kTileRows), wc(I, kTileCols);
   const Index nx = dinp ? xr.count * xc.count : 0, nw = wr.count * wc.count;
 #pragma omp parallel for schedule(dynamic, 1) if (par && nx + nw > 1)
   for (Index t = 0; t < nx + nw; ++t) {
     if (t < nx) {  // dX tile: (rows of the batch) x (input units); depth O
-      MatMap<T> dX(dinp, B, I);
       const Index i = t / xc.count, j = t % xc.count;
-      dX.block(xr.begin(i), xc.begin(j), xr.len(i), xc.len(j)).noalias() +=
-          dY.middleRows(xr.begin(i), xr.len(i)) * W.middleCols(xc.begin(j), xc.len(j));
+      const Index r0 = xr.begin(i), c0 = xc.begin(j);
+      // dX[r0:, c0:] (rb,cb) += dY[r0:r0+rb, :] (rb,O) · W[:, c0:c0+cb] (O,cb)
+      gemm<T>(false, false, xr.len(i), xc.len(j), O, dout + r0 * O, O, weight + c0, I, T(1), dinp + r0 * I + c0, I);
     } else {  // dW tile: (output units) x (input units); depth B, the whole batch
       const Index u = t - nx, i = u / wc.count, j = u % wc.count;
-      dW.block(wr.begin(i), wc.begin(j), wr.len(i), wc.len(j)).noalias() +=
-          dY.middleCols(wr.begin(i), wr.len(i)).transpose() * X.middleCols(wc.begin(j), wc.len(j));
+      const Index r0 = wr.begin(i), c0 = wc.begin(j);
+      // dW[r0:, c0:] (rb,cb) += dY[:, r0:r0+rb]ᵀ (rb,B) · X[:, c0:c0+cb] (B,cb)
+      gemm<T>(true, false, wr.len(i), wc.len(j), B, dout + r0, O, inp + c0, I, T(1), dweight + r0 * I + c0, I);
     }
   }
   if (dbias) {

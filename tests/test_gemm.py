@@ -1,0 +1,96 @@
+"""The engine's one matrix product (cpp/include/elbokit/gemm.hpp) and the linear layer's tiled
+products (layers.hpp) against NumPy in float64: every transpose combination, shapes that cross the
+tile boundaries (128 rows, 256 columns, balanced multiples of 16), beta = 0 / 1 / other, depth 0,
+and the two backends (OpenBLAS, the default build's, and Eigen's own) on the same operands."""
+import numpy as np
+import pytest
+
+import elbokit as ek
+from elbokit import _core
+
+K = {"float32": _core.kernels.float32, "float64": _core.kernels.float64}
+TOL = {"float32": 2e-6, "float64": 1e-14}
+
+
+def rel_err(got, want):
+    return np.abs(got - want).max() / max(np.abs(want).max(), 1e-300)
+
+
+def test_default_build_uses_openblas():
+    assert _core.gemm_backend().startswith("OpenBLAS"), _core.gemm_backend()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("backend", ["default", "eigen"])
+@pytest.mark.parametrize("ta,tb", [(False, False), (False, True), (True, False), (True, True)])
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (3, 5, 7), (37, 300, 129), (130, 17, 1)])
+@pytest.mark.parametrize("beta", [0.0, 1.0, -0.5])
+def test_gemm_matches_numpy(dtype, backend, ta, tb, m, n, k, beta):
+    rng = np.random.default_rng(m * 1000 + n * 10 + k)
+    a = rng.normal(size=(k, m) if ta else (m, k)).astype(dtype)
+    b = rng.normal(size=(n, k) if tb else (k, n)).astype(dtype)
+    c = rng.normal(size=(m, n)).astype(dtype)
+    want = beta * c.astype(np.float64) + (a.T if ta else a).astype(np.float64) @ (b.T if tb else b).astype(np.float64)
+    got = K[dtype].gemm(ta, tb, a, b, c, beta, backend)
+    assert got.dtype == np.dtype(dtype) and got.shape == (m, n)
+    assert rel_err(got, want) < TOL[dtype] * np.sqrt(k)
+
+
+@pytest.mark.parametrize("backend", ["default", "eigen"])
+def test_gemm_beta_zero_ignores_nan_and_depth_zero_scales(backend):
+    k = K["float64"]
+    a, b = np.ones((2, 3)), np.ones((3, 4))
+    c = np.full((2, 4), np.nan)
+    assert np.array_equal(k.gemm(False, False, a, b, c, 0.0, backend), np.full((2, 4), 3.0))
+    c = np.arange(8.0).reshape(2, 4)
+    e = np.zeros((2, 0)), np.zeros((0, 4))
+    assert np.array_equal(k.gemm(False, False, *e, c, 2.0, backend), 2 * c)
+    assert np.array_equal(k.gemm(False, False, *e, c, 0.0, backend), np.zeros((2, 4)))
+
+
+def test_gemm_bad_arguments():
+    k = K["float64"]
+    with pytest.raises(ValueError, match="backend must be 'default' or 'eigen', got 'mkl'"):
+        k.gemm(False, False, np.ones((2, 3)), np.ones((3, 4)), np.zeros((2, 4)), 0.0, "mkl")
+    with pytest.raises(ValueError, match="b must have 3 rows"):
+        k.gemm(False, False, np.ones((2, 3)), np.ones((2, 4)), np.zeros((2, 4)), 0.0)
+    with pytest.raises(ValueError, match="c must have shape"):
+        k.gemm(False, False, np.ones((2, 3)), np.ones((3, 4)), np.zeros((4, 2)), 0.0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("B,I,O", [(1, 1, 1), (5, 3, 2), (300, 70, 520), (129, 784, 257), (700, 20, 400)])
+def test_linear_layer_tiles_match_numpy(dtype, B, I, O):
+    """Forward and (accumulating) backward of the linear layer, in its tiles: above 4 MFLOP the
+    tiles run in parallel, and each output block is one gemm call on a block of the operands."""
+    rng = np.random.default_rng(B + I + O)
+    x, w, b = (rng.normal(size=s).astype(dtype) for s in ((B, I), (O, I), (1, O)))
+    dout = rng.normal(size=(B, O)).astype(dtype)
+    dx0, dw0, db0 = (rng.normal(size=s).astype(dtype) for s in ((B, I), (O, I), (1, O)))
+    k = K[dtype]
+    X, W, Bb, D = (v.astype(np.float64) for v in (x, w, b, dout))
+    tol = TOL[dtype] * np.sqrt(max(I, O, B))
+    assert rel_err(k.linear_forward(x, w, b), X @ W.T + Bb) < tol
+    dx, dw, db = k.linear_backward(dout, x, w, dx0, dw0, db0)
+    assert rel_err(dx, dx0 + D @ W) < tol
+    assert rel_err(dw, dw0 + D.T @ X) < tol
+    assert rel_err(db, db0 + D.sum(0, keepdims=True)) < tol
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_linear_layer_bit_identical_across_threads(dtype):
+    rng = np.random.default_rng(7)
+    x, w, b = (rng.normal(size=s).astype(dtype) for s in ((513, 300), (400, 300), (1, 400)))
+    dout = rng.normal(size=(513, 400)).astype(dtype)
+    k, n0 = K[dtype], ek.get_num_threads()
+    out = []
+    try:
+        for n in (1, 2, 3):
+            ek.set_num_threads(n)
+            z = [np.zeros(s, dtype) for s in ((513, 300), (400, 300), (1, 400))]
+            out.append((k.linear_forward(x, w, b), *k.linear_backward(dout, x, w, *z)))
+    finally:
+        ek.set_num_threads(n0)
+    for other in out[1:]:
+        for u, v in zip(out[0], other):
+            assert np.array_equal(u, v)
