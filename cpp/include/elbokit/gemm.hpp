@@ -9,7 +9,7 @@
 // scipy-openblas32 (symbols prefixed scipy_), run on ONE thread: the engine's own tiling decides
 // the parallelism (layers.hpp), so a tile's result depends only on its shape, never on the number
 // of threads. On AVX2 cores (2 x AMD EPYC here) OpenBLAS's single-thread sgemm runs these tile
-// shapes at 76-91 GFLOP/s against 60-65 for Eigen's own (benchmarks/README.md). Without it
+// shapes at 65-91 GFLOP/s against 51-65 for Eigen's own (benchmarks/README.md). Without it
 // (-C cmake.define.ELBOKIT_BLAS=OFF) Eigen's product runs on the same tiles.
 #pragma once
 
