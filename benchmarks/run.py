@@ -802,12 +802,13 @@ def main(argv=None):
     print(f"elbokit {ek.__version__}, PyTorch {torch.__version__}, numpy {np.__version__}, "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; threads {args.threads}; "
           f"{'quick' if args.quick else 'full'} run; torch Adam: {args.torch_adam}", flush=True)
-    print(f"elbokit products: {ek._core.gemm_backend()}", flush=True)
+    backend = ek._core.gemm_backend()
+    print(f"elbokit products: {backend}", flush=True)
     load0 = os.getloadavg()[0]
     rows = [row("environment", ek.__version__, torch.__version__, None, None, kind="meta",
                 numpy=np.__version__, python=platform.python_version(), machine=platform.machine(),
-                cpus=os.cpu_count(), threads=args.threads, gemm_backend=ek._core.gemm_backend(), quick=args.quick, torch_adam=args.torch_adam,
-                cases=args.case_list)]
+                cpus=os.cpu_count(), threads=args.threads, gemm_backend=backend, quick=args.quick,
+                torch_adam=args.torch_adam, cases=args.case_list)]
     peak_rows, peak = bench_peak(cfg)
     rows += peak_rows
     print(f"machine peak (best sgemm run, {args.threads} threads): {peak:.1f} GFLOP/s", flush=True)
