@@ -42,9 +42,8 @@ void bind_diffusion_t(py::module_& m, const char* name) {
              DiffusionConfig c;
              c.x_dim = x_dim;
              c.betas = std::move(betas);
-             c.hidden = std::move(hidden);
+             c.net = mlp_spec(hidden, activation);
              c.emb_dim = emb_dim;
-             c.activation = std::move(activation);
              c.prediction = std::move(prediction);
              c.variance = std::move(variance);
              c.data = std::move(data);

@@ -46,9 +46,9 @@ void bind_hvae_t(py::module_& m, const char* name) {
              HVAEConfig c;
              c.x_dim = x_dim;
              c.z_dims = std::move(z_dims);
-             c.hidden = std::move(hidden);
+             c.encoder = mlp_spec(hidden, activation);
+             c.decoder = mirrored(c.encoder);
              c.structure = std::move(structure);
-             c.activation = std::move(activation);
              c.likelihood = std::move(likelihood);
              c.learned_var = learned_var;
              c.fixed_var = fixed_var;

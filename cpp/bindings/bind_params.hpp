@@ -5,7 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include "elbokit/mlp.hpp"
+#include "elbokit/module.hpp"
 
 namespace elbokit_py {
 

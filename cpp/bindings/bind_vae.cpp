@@ -21,19 +21,19 @@ void bind_vae_t(py::module_& m, const char* name) {
   bind_param_methods<T, M>(cls);
   bind_fit<T, M>(cls);
   cls
-      .def(py::init([](Index x_dim, Index z_dim, std::vector<Index> hidden, std::string activation,
-                       std::string likelihood, bool learned_var, double fixed_var, uint64_t seed) {
+      .def(py::init([](Index x_dim, Index z_dim, NetSpec encoder, NetSpec decoder, std::string likelihood,
+                       bool learned_var, double fixed_var, uint64_t seed) {
              VAEConfig c;
              c.x_dim = x_dim;
              c.z_dim = z_dim;
-             c.hidden = std::move(hidden);
-             c.activation = std::move(activation);
+             c.encoder = std::move(encoder);
+             c.decoder = std::move(decoder);
              c.likelihood = std::move(likelihood);
              c.learned_var = learned_var;
              c.fixed_var = fixed_var;
              return new M(c, seed);
            }),
-           py::arg("x_dim"), py::arg("z_dim"), py::arg("hidden"), py::arg("activation"), py::arg("likelihood"),
+           py::arg("x_dim"), py::arg("z_dim"), py::arg("encoder"), py::arg("decoder"), py::arg("likelihood"),
            py::arg("learned_var"), py::arg("fixed_var"), py::arg("seed"))
       .def("encode", [](M& v, CRef x) {
         Mat<T> mu, lv;

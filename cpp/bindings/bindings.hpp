@@ -4,6 +4,7 @@
 
 namespace elbokit_py {
 void bind_rng(pybind11::module_& m);
+void bind_nets(pybind11::module_& m);
 void bind_vae(pybind11::module_& m);
 void bind_hvae(pybind11::module_& m);
 void bind_diffusion(pybind11::module_& m);

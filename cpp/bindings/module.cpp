@@ -17,6 +17,7 @@ PYBIND11_MODULE(_core, m) {
     omp_set_num_threads(n);
   }, py::arg("n"), "Sets the number of OpenMP threads; results do not depend on it.");
   elbokit_py::bind_rng(m);
+  elbokit_py::bind_nets(m);
   elbokit_py::bind_vae(m);
   elbokit_py::bind_hvae(m);
   elbokit_py::bind_diffusion(m);

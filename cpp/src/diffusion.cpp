@@ -68,10 +68,7 @@ Diffusion<T>::Diffusion(const DiffusionConfig& cfg, uint64_t seed) : cfg_(cfg) {
   if (cfg.x_dim <= 0) fail("x_dim must be a positive integer, got " + std::to_string(cfg.x_dim));
   if (cfg.emb_dim <= 0 || cfg.emb_dim % 2)
     fail("emb_dim must be a positive even integer, got " + std::to_string(cfg.emb_dim));
-  for (size_t i = 0; i < cfg.hidden.size(); ++i)
-    if (cfg.hidden[i] <= 0)
-      fail("hidden must hold positive layer widths, got " + std::to_string(cfg.hidden[i]) + " at position " +
-           std::to_string(i));
+  check_net_spec(cfg.net);
   sch_ = make_schedule(cfg.betas);
   if (cfg.prediction == "epsilon") pred_ = Prediction::Epsilon;
   else if (cfg.prediction == "x0") pred_ = Prediction::X0;
@@ -83,13 +80,9 @@ Diffusion<T>::Diffusion(const DiffusionConfig& cfg, uint64_t seed) : cfg_(cfg) {
   if (cfg.data == "continuous") data_ = DataKind::Continuous;
   else if (cfg.data == "discrete256") data_ = DataKind::Discrete256;
   else fail("data must be one of 'continuous', 'discrete256', got '" + cfg.data + "'");
-  const Activation act = activation_from_string(cfg.activation);
-  trunk_ = make_trunk(layout_, "net", cfg.x_dim + cfg.emb_dim, cfg.hidden, act);
-  out_ = layout_.add_dense("net.out", trunk_.out_dim(), cfg.x_dim);
+  net_ = make_net<T>(layout_, "net", cfg.net, cfg.x_dim, cfg.emb_dim, cfg.x_dim);
   params_ = Vec<T>::Zero(layout_.total);
-  constexpr uint64_t kInitStream = 0x1217;  // as the VAE: torch.nn.Linear's default init
-  for (const Dense& d : trunk_.layers) init_dense(params_.data(), d, seed, kInitStream);
-  init_dense(params_.data(), out_, seed, kInitStream);
+  net_->init(params_.data(), seed);  // as the VAE: torch.nn.Linear's default init
   // The sinusoidal embedding of every step, once: emb(t)_k = sin(t f_k), emb(t)_{half+k} = cos(t f_k).
   const Index E = cfg.emb_dim, half = E / 2;
   const double lnmax = std::log(10000.0);
@@ -151,30 +144,25 @@ void Diffusion<T>::q_posterior(CMatRef<T> x0, CMatRef<T> xt, const std::vector<I
   }
 }
 
-// ---- The ε-network: input (B, D + E) = concat(x_t, emb(t)), trunk, linear head, then ε̂.
+// ---- The ε-network (nets.hpp): x_t (B, D) conditioned on emb(t) (B, E), then ε̂.
 template <class T>
 void Diffusion<T>::net_forward(const T* xt, const Index* t, Index B, Work& w) {
   const Index D = cfg_.x_dim, E = cfg_.emb_dim;
-  w.inp.resize(B, D + E);
-  for (Index b = 0; b < B; ++b) {  // concat(x_t, emb(t)), the embedding from the table
-    T* row = w.inp.data() + b * (D + E);
-    std::copy(xt + b * D, xt + (b + 1) * D, row);
-    std::copy(emb_.data() + t[b] * E, emb_.data() + (t[b] + 1) * E, row + D);
-  }
-  const T* p = params_.data();
-  const T* h = trunk_.forward(p, w.inp.data(), B, w.net);  // (B, H)
-  w.out.resize(B, D);
-  linear_forward(w.out.data(), h, p + out_.w, p + out_.b, B, out_.in, out_.out);
+  w.emb.resize(B, E);
+  for (Index b = 0; b < B; ++b)  // emb(t) from the table
+    std::copy(emb_.data() + t[b] * E, emb_.data() + (t[b] + 1) * E, w.emb.data() + b * E);
+  w.out = net_->forward(params_.data(), xt, w.emb.data(), B, w.net);  // (B, D)
   w.eps_hat.resize(B, D);
   for (Index b = 0; b < B; ++b) {  // ε̂ = a_t x_t + b_t out (the prediction's reparameterization)
     const double ab = sch_.alphas_cumprod[size_t(t[b])], s1 = std::sqrt(1.0 - ab), s = std::sqrt(ab);
     const T a = T(pred_ == Prediction::Epsilon ? 0.0 : pred_ == Prediction::X0 ? 1.0 / s1 : s1);
     const T c = T(pred_ == Prediction::Epsilon ? 1.0 : pred_ == Prediction::X0 ? -s / s1 : s);
-    for (Index j = 0; j < D; ++j) w.eps_hat(b, j) = a * xt[b * D + j] + c * w.out(b, j);
+    for (Index j = 0; j < D; ++j) w.eps_hat(b, j) = a * xt[b * D + j] + c * w.out[b * D + j];
   }
 }
 
-// net_backward: given w.deps (B, D) = ∂J/∂ε̂: dout = b_t·deps, then the head and the trunk.
+// net_backward: given w.deps (B, D) = ∂J/∂ε̂ at the inputs of the last net_forward (x_t in w.xt):
+// dout = b_t·deps, then the network.
 template <class T>
 void Diffusion<T>::net_backward(Index B, Work& w, T* grad) {
   const Index D = cfg_.x_dim;
@@ -184,16 +172,7 @@ void Diffusion<T>::net_backward(Index B, Work& w, T* grad) {
     const T c = T(pred_ == Prediction::Epsilon ? 1.0 : pred_ == Prediction::X0 ? -std::sqrt(ab / (1.0 - ab)) : std::sqrt(ab));
     w.dout.row(b) = c * w.deps.row(b);
   }
-  const T* p = params_.data();
-  if (trunk_.layers.empty()) {
-    linear_backward<T>(nullptr, grad + out_.w, grad + out_.b, w.dout.data(), w.inp.data(), p + out_.w, B, out_.in,
-                       out_.out);
-    return;
-  }
-  w.dh.setZero(B, out_.in);
-  linear_backward(w.dh.data(), grad + out_.w, grad + out_.b, w.dout.data(), w.net.post.back().data(), p + out_.w, B,
-                  out_.in, out_.out);
-  trunk_.backward<T>(p, grad, w.inp.data(), B, w.net, w.dh.data(), nullptr);
+  net_->backward(params_.data(), grad, w.xt.data(), w.emb.data(), B, w.net, w.dout.data(), nullptr);
 }
 
 template <class T>

@@ -16,10 +16,8 @@ HVAE<T>::HVAE(const HVAEConfig& cfg, uint64_t seed) : cfg_(cfg) {
     if (cfg.z_dims[l] <= 0)
       fail("z_dims must hold positive latent widths, got " + std::to_string(cfg.z_dims[l]) + " at position " +
            std::to_string(l));
-  for (size_t i = 0; i < cfg.hidden.size(); ++i)
-    if (cfg.hidden[i] <= 0)
-      fail("hidden must hold positive layer widths, got " + std::to_string(cfg.hidden[i]) + " at position " +
-           std::to_string(i));
+  check_net_spec(cfg.encoder);
+  check_net_spec(cfg.decoder);
   structure_ = structure_from_string(cfg.structure);
   if (cfg.likelihood == "bernoulli")
     lik_ = Likelihood::Bernoulli;
@@ -29,44 +27,33 @@ HVAE<T>::HVAE(const HVAEConfig& cfg, uint64_t seed) : cfg_(cfg) {
     fail("likelihood must be one of 'bernoulli', 'gaussian', got '" + cfg.likelihood + "'");
   if (lik_ == Likelihood::Gaussian && !cfg.learned_var && !(cfg.fixed_var > 0 && std::isfinite(cfg.fixed_var)))
     fail("decoder_var must be 'learned' or a positive finite variance, got " + std::to_string(cfg.fixed_var));
-  const Activation act = activation_from_string(cfg.activation);
-
   L_ = Index(cfg.z_dims.size());
   zoff_.assign(size_t(L_ + 1), 0);
   for (Index l = 0; l < L_; ++l) zoff_[size_t(l + 1)] = zoff_[size_t(l)] + cfg.z_dims[size_t(l)];
   ztot_ = zoff_.back();
   // With one level the names are the VAE's (no level index).
   auto name = [&](const char* net, Index l) { return L_ == 1 ? std::string(net) : std::string(net) + "." + std::to_string(l); };
-  const std::vector<Index> rev(cfg.hidden.rbegin(), cfg.hidden.rend());
 
   // 1. encoder.l: markov q(z_{l+1}|z_l) on z_l (z_0 = x); topdown: bottom-up block l on d_l (d_0 = x)
   Index in = cfg.x_dim;
   for (Index l = 0; l < L_; ++l) {
-    enc_.push_back(make_gaussian_net(layout_, name("encoder", l), in, cfg.hidden, cfg.z_dims[size_t(l)], act));
-    in = structure_ == Structure::Markov ? cfg.z_dims[size_t(l)] : enc_.back().trunk.out_dim();
+    enc_.push_back(make_gaussian_net<T>(layout_, name("encoder", l), cfg.encoder, in, cfg.z_dims[size_t(l)]));
+    in = structure_ == Structure::Markov ? cfg.z_dims[size_t(l)] : enc_.back().body->out_dim();
   }
-  // 2. decoder.0: p(x|z_1)
-  dec_ = make_trunk(layout_, name("decoder", 0), cfg.z_dims[0], rev, act);
-  out_ = layout_.add_dense(name("decoder", 0) + ".out", dec_.out_dim(), cfg.x_dim);
+  // 2. decoder.0: p(x|z_1), its output layer decoder.0.out
+  dec_ = make_net<T>(layout_, name("decoder", 0), cfg.decoder, cfg.z_dims[0], 0, cfg.x_dim);
   if (lik_ == Likelihood::Gaussian && cfg.learned_var) dec_lv_ = layout_.add(name("decoder", 0) + ".logvar", {cfg.x_dim});
   // 3. decoder.l, l ≥ 1: p(z_l|z_{l+1}) (1-based), i.e. level l's z to level l−1's prior (0-based)
   prior_.resize(size_t(L_));
   for (Index l = 1; l < L_; ++l)
-    prior_[size_t(l)] = make_gaussian_net(layout_, name("decoder", l), cfg.z_dims[size_t(l)], rev,
-                                          cfg.z_dims[size_t(l - 1)], act);
+    prior_[size_t(l)] = make_gaussian_net<T>(layout_, name("decoder", l), cfg.decoder, cfg.z_dims[size_t(l)],
+                                             cfg.z_dims[size_t(l - 1)]);
 
   // torch.nn.Linear's default initialization, keyed by offset (with L = 1: the VAE's weights).
   params_ = Vec<T>::Zero(layout_.total);
-  constexpr uint64_t kInitStream = 0x1217;
-  auto init_net = [&](const GaussianNet& n) {
-    for (const Dense& d : n.trunk.layers) init_dense(params_.data(), d, seed, kInitStream);
-    init_dense(params_.data(), n.mu, seed, kInitStream);
-    init_dense(params_.data(), n.lv, seed, kInitStream);
-  };
-  for (const GaussianNet& n : enc_) init_net(n);
-  for (Index l = 1; l < L_; ++l) init_net(prior_[size_t(l)]);
-  for (const Dense& d : dec_.layers) init_dense(params_.data(), d, seed, kInitStream);
-  init_dense(params_.data(), out_, seed, kInitStream);
+  for (const GaussianNet<T>& n : enc_) n.init(params_.data(), seed);
+  for (Index l = 1; l < L_; ++l) prior_[size_t(l)].init(params_.data(), seed);
+  dec_->init(params_.data(), seed);
 }
 
 template <class T>
@@ -146,16 +133,14 @@ void HVAE<T>::forward(const T* x, Index B, const T* eps, Index S, KLMode kl, Wor
     if (posterior_only) return;
   }
   // 2. reconstruction term log p(x|z_1) per row
-  const T* hd = dec_.forward(p, w.lv[0].z.data(), R, w.dec0);
-  w.out.resize(R, D);
-  linear_forward(w.out.data(), hd, p + out_.w, p + out_.b, R, out_.in, out_.out);
+  w.out = dec_->forward(p, w.lv[0].z.data(), nullptr, R, w.dec0);
   w.logp.resize(R);
   if (lik_ == Likelihood::Bernoulli) {
     w.sig.resize(R, D);
-    bernoulli_logpdf_forward(w.logp.data(), x, w.out.data(), R, B, D, w.sig.data());
+    bernoulli_logpdf_forward(w.logp.data(), x, w.out, R, B, D, w.sig.data());
   } else {
     const Vec<T> lvx = clamped_logvar();
-    gaussian_logpdf_forward(w.logp.data(), x, w.out.data(), lvx.data(), R, B, D);
+    gaussian_logpdf_forward(w.logp.data(), x, w.out, lvx.data(), R, B, D);
   }
   // 3. each level's term (hvae.hpp): analytic KLs or log q − log p at the samples
   Vec<double> lp;
@@ -273,7 +258,7 @@ double HVAE<T>::objective_grad(CMatRef<T> x, const T* eps, Index S, KLMode kl, d
   } else {
     const Vec<T> lvx = clamped_logvar();
     Vec<T> dlv_raw = Vec<T>::Zero(D);
-    gaussian_logpdf_backward(w.dout.data(), dec_lv_ >= 0 ? dlv_raw.data() : nullptr, c_rec, x.data(), w.out.data(),
+    gaussian_logpdf_backward(w.dout.data(), dec_lv_ >= 0 ? dlv_raw.data() : nullptr, c_rec, x.data(), w.out,
                              lvx.data(), R, B, D);
     if (dec_lv_ >= 0)  // the clamp passes the gradient only inside [min, max]
       for (Index j = 0; j < D; ++j) {
@@ -282,10 +267,7 @@ double HVAE<T>::objective_grad(CMatRef<T> x, const T* eps, Index S, KLMode kl, d
       }
   }
   for (Index l = 0; l < L_; ++l) w.lv[size_t(l)].dz.setZero(R, cfg_.z_dims[size_t(l)]);
-  const T* hd = dec_.layers.empty() ? w.lv[0].z.data() : w.dec0.post.back().data();
-  w.dhd.setZero(R, out_.in);
-  linear_backward(w.dhd.data(), grad + out_.w, grad + out_.b, w.dout.data(), hd, p + out_.w, R, out_.in, out_.out);
-  dec_.backward(p, grad, w.lv[0].z.data(), R, w.dec0, w.dhd.data(), w.lv[0].dz.data());
+  dec_->backward(p, grad, w.lv[0].z.data(), nullptr, R, w.dec0, w.dout.data(), w.lv[0].dz.data());
 
   // 2. each level's term, partial derivatives with respect to q's (mu, lv), z and the prior's (pm, plv)
   std::vector<double> coef;
@@ -321,7 +303,7 @@ double HVAE<T>::objective_grad(CMatRef<T> x, const T* eps, Index S, KLMode kl, d
   // 3. through the chain
   auto prior_backward = [&](Index l) {  // p(z_l|z_{l+1}): dpm, dplv -> parameters and dz of level l+1
     Level& v = w.lv[size_t(l)];
-    const GaussianNet& n = prior_[size_t(l + 1)];
+    const GaussianNet<T>& n = prior_[size_t(l + 1)];
     v.dhp.setZero(R, n.mu.in);
     n.backward(p, grad, w.lv[size_t(l + 1)].z.data(), R, v.dec, v.dpm.data(), v.dplv.data(), v.dhp.data(),
                w.lv[size_t(l + 1)].dz.data());
@@ -443,16 +425,15 @@ Mat<T> HVAE<T>::decode(CMatRef<T> z, Index level, bool mean) {
   const T* p = params_.data();
   const Index B = z.rows();
   Mat<T> cur = z, pm, plv;
-  TrunkCache<T> c;
+  GaussianNetCache<T> c;
   for (Index l = level - 1; l >= 1; --l) {  // z of level l -> the prior's mean at level l−1
     pm.resize(B, cfg_.z_dims[size_t(l - 1)]);
     plv.resize(B, cfg_.z_dims[size_t(l - 1)]);
     prior_[size_t(l)].forward(p, cur.data(), B, c, pm.data(), plv.data());
     cur = pm;
   }
-  const T* hd = dec_.forward(p, cur.data(), B, c);
-  Mat<T> out(B, cfg_.x_dim);
-  linear_forward(out.data(), hd, p + out_.w, p + out_.b, B, out_.in, out_.out);
+  Cache dc;
+  Mat<T> out = CMatMap<T>(dec_->forward(p, cur.data(), nullptr, B, dc), B, cfg_.x_dim);
   if (mean && lik_ == Likelihood::Bernoulli) out = out.unaryExpr([](T a) { return sigmoid(a); });
   return out;
 }
@@ -467,7 +448,7 @@ void HVAE<T>::prior(CMatRef<T> z, Index level, Mat<T>& mu, Mat<T>& logvar) {
   const Index B = z.rows(), Z = cfg_.z_dims[size_t(level - 2)];
   mu.resize(B, Z);
   logvar.resize(B, Z);
-  TrunkCache<T> c;
+  GaussianNetCache<T> c;
   prior_[size_t(level - 1)].forward(params_.data(), z.data(), B, c, mu.data(), logvar.data());
 }
 
@@ -480,7 +461,7 @@ Mat<T> HVAE<T>::generate(Index B, const T* eps, std::vector<Mat<T>>& z) {
   const Index top = L_ - 1;
   z[size_t(top)] = CMatMap<T>(eps + B * zoff_[size_t(top)], B, cfg_.z_dims[size_t(top)]);  // z_L ~ N(0, I)
   Mat<T> pm, plv, sigma;
-  TrunkCache<T> c;
+  GaussianNetCache<T> c;
   for (Index l = top; l >= 1; --l) {  // z_{l−1} = μ_p + σ_p ε ~ p(·|z_l) (0-based levels)
     const Index Z = cfg_.z_dims[size_t(l - 1)];
     pm.resize(B, Z);
@@ -491,9 +472,8 @@ Mat<T> HVAE<T>::generate(Index B, const T* eps, std::vector<Mat<T>>& z) {
     reparam_forward(z[size_t(l - 1)].data(), sigma.data(), pm.data(), plv.data(), eps + B * zoff_[size_t(l - 1)], 1, B,
                     Z);
   }
-  const T* hd = dec_.forward(p, z[0].data(), B, c);
-  Mat<T> out(B, cfg_.x_dim);
-  linear_forward(out.data(), hd, p + out_.w, p + out_.b, B, out_.in, out_.out);
+  Cache dc;
+  Mat<T> out = CMatMap<T>(dec_->forward(p, z[0].data(), nullptr, B, dc), B, cfg_.x_dim);
   if (lik_ == Likelihood::Bernoulli) out = out.unaryExpr([](T a) { return sigmoid(a); });
   return out;
 }

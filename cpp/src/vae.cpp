@@ -11,10 +11,8 @@ template <class T>
 VAE<T>::VAE(const VAEConfig& cfg, uint64_t seed) : cfg_(cfg) {
   if (cfg.x_dim <= 0) fail("x_dim must be a positive integer, got " + std::to_string(cfg.x_dim));
   if (cfg.z_dim <= 0) fail("z_dim must be a positive integer, got " + std::to_string(cfg.z_dim));
-  for (size_t i = 0; i < cfg.hidden.size(); ++i)
-    if (cfg.hidden[i] <= 0)
-      fail("hidden must hold positive layer widths, got " + std::to_string(cfg.hidden[i]) + " at position " +
-           std::to_string(i));
+  check_net_spec(cfg.encoder);
+  check_net_spec(cfg.decoder);
   if (cfg.likelihood == "bernoulli")
     lik_ = Likelihood::Bernoulli;
   else if (cfg.likelihood == "gaussian")
@@ -23,23 +21,18 @@ VAE<T>::VAE(const VAEConfig& cfg, uint64_t seed) : cfg_(cfg) {
     fail("likelihood must be one of 'bernoulli', 'gaussian', got '" + cfg.likelihood + "'");
   if (lik_ == Likelihood::Gaussian && !cfg.learned_var && !(cfg.fixed_var > 0 && std::isfinite(cfg.fixed_var)))
     fail("decoder_var must be 'learned' or a positive finite variance, got " + std::to_string(cfg.fixed_var));
-  const Activation act = activation_from_string(cfg.activation);
 
-  enc_ = make_trunk(layout_, "encoder", cfg.x_dim, cfg.hidden, act);
-  mu_ = layout_.add_dense("encoder.mu", enc_.out_dim(), cfg.z_dim);
-  lv_ = layout_.add_dense("encoder.logvar", enc_.out_dim(), cfg.z_dim);
-  std::vector<Index> rev(cfg.hidden.rbegin(), cfg.hidden.rend());
-  dec_ = make_trunk(layout_, "decoder", cfg.z_dim, rev, act);
-  out_ = layout_.add_dense("decoder.out", dec_.out_dim(), cfg.x_dim);
+  enc_ = make_net<T>(layout_, "encoder", cfg.encoder, cfg.x_dim, 0, 0);
+  mu_ = layout_.add_dense("encoder.mu", enc_->out_dim(), cfg.z_dim);
+  lv_ = layout_.add_dense("encoder.logvar", enc_->out_dim(), cfg.z_dim);
+  dec_ = make_net<T>(layout_, "decoder", cfg.decoder, cfg.z_dim, 0, cfg.x_dim);
   if (lik_ == Likelihood::Gaussian && cfg.learned_var) dec_lv_ = layout_.add("decoder.logvar", {cfg.x_dim});
 
   params_ = Vec<T>::Zero(layout_.total);
-  constexpr uint64_t kInitStream = 0x1217;
-  for (const Dense& d : enc_.layers) init_dense(params_.data(), d, seed, kInitStream);
-  for (const Dense& d : dec_.layers) init_dense(params_.data(), d, seed, kInitStream);
-  init_dense(params_.data(), mu_, seed, kInitStream);
-  init_dense(params_.data(), lv_, seed, kInitStream);
-  init_dense(params_.data(), out_, seed, kInitStream);
+  enc_->init(params_.data(), seed);
+  dec_->init(params_.data(), seed);
+  init_dense(params_.data(), mu_, seed);
+  init_dense(params_.data(), lv_, seed);
   // decoder.logvar starts at 0 (unit variance), as a zero-initialized nn.Parameter.
 }
 
@@ -54,15 +47,15 @@ Vec<T> VAE<T>::decoder_logvar() const {
   return clamped_logvar();
 }
 
-// encode_raw: h = encoder trunk(x); mu, lv (B, Z) = linear heads(h).
+// encode_raw: h = encoder(x) (B, H); mu, lv (B, Z) = linear heads(h).
 template <class T>
 void VAE<T>::encode_raw(const T* x, Index B, Work& w) {
   const T* p = params_.data();
-  const T* h = enc_.forward(p, x, B, w.enc);  // (B, H_enc)
+  w.h = enc_->forward(p, x, nullptr, B, w.enc);
   w.mu.resize(B, cfg_.z_dim);
   w.lv.resize(B, cfg_.z_dim);
-  linear_forward(w.mu.data(), h, p + mu_.w, p + mu_.b, B, mu_.in, mu_.out);
-  linear_forward(w.lv.data(), h, p + lv_.w, p + lv_.b, B, lv_.in, lv_.out);
+  linear_forward(w.mu.data(), w.h, p + mu_.w, p + mu_.b, B, mu_.in, mu_.out);
+  linear_forward(w.lv.data(), w.h, p + lv_.w, p + lv_.b, B, lv_.in, lv_.out);
 }
 
 template <class T>
@@ -79,16 +72,15 @@ void VAE<T>::encode(CMatRef<T> x, Mat<T>& mu, Mat<T>& logvar) {
 template <class T>
 void VAE<T>::encoder_backward_raw(const T* x, Index B, const T* dmu, const T* dlv, Work& w, T* grad) {
   const T* p = params_.data();
-  const T* h = enc_.layers.empty() ? x : w.enc.post.back().data();
-  if (enc_.layers.empty()) {
-    linear_backward<T>(nullptr, grad + mu_.w, grad + mu_.b, dmu, h, p + mu_.w, B, mu_.in, mu_.out);
-    linear_backward<T>(nullptr, grad + lv_.w, grad + lv_.b, dlv, h, p + lv_.w, B, lv_.in, lv_.out);
-  } else {
-    w.dh.setZero(B, mu_.in);
-    linear_backward(w.dh.data(), grad + mu_.w, grad + mu_.b, dmu, h, p + mu_.w, B, mu_.in, mu_.out);
-    linear_backward(w.dh.data(), grad + lv_.w, grad + lv_.b, dlv, h, p + lv_.w, B, lv_.in, lv_.out);
-    enc_.backward<T>(p, grad, x, B, w.enc, w.dh.data(), nullptr);
+  if (w.h == x) {  // no encoder layers: the heads read x, whose gradient is not needed
+    linear_backward<T>(nullptr, grad + mu_.w, grad + mu_.b, dmu, x, p + mu_.w, B, mu_.in, mu_.out);
+    linear_backward<T>(nullptr, grad + lv_.w, grad + lv_.b, dlv, x, p + lv_.w, B, lv_.in, lv_.out);
+    return;
   }
+  w.dh.setZero(B, mu_.in);
+  linear_backward(w.dh.data(), grad + mu_.w, grad + mu_.b, dmu, w.h, p + mu_.w, B, mu_.in, mu_.out);
+  linear_backward(w.dh.data(), grad + lv_.w, grad + lv_.b, dlv, w.h, p + lv_.w, B, lv_.in, lv_.out);
+  enc_->backward(p, grad, x, nullptr, B, w.enc, w.dh.data(), nullptr);
 }
 
 // encoder_backward: the vector-Jacobian product of the encoder at x (used by the score-function
@@ -107,11 +99,8 @@ template <class T>
 Mat<T> VAE<T>::decode(CMatRef<T> z, bool mean) {
   check_cols("z", z.rows(), z.cols(), cfg_.z_dim);
   std::lock_guard<std::mutex> lock(mutex_);
-  const T* p = params_.data();
   const Index B = z.rows();
-  const T* hd = dec_.forward(p, z.data(), B, work_.dec);
-  Mat<T> out(B, cfg_.x_dim);
-  linear_forward(out.data(), hd, p + out_.w, p + out_.b, B, out_.in, out_.out);
+  Mat<T> out = CMatMap<T>(dec_->forward(params_.data(), z.data(), nullptr, B, work_.dec), B, cfg_.x_dim);
   if (mean && lik_ == Likelihood::Bernoulli) out = out.unaryExpr([](T a) { return sigmoid(a); });
   return out;
 }
@@ -122,7 +111,6 @@ Mat<T> VAE<T>::decode(CMatRef<T> z, bool mean) {
 template <class T>
 void VAE<T>::forward(const T* x, Index B, const T* eps, Index S, KLMode kl, Work& w, ElboTerms& t, bool for_grad) {
   const Index Z = cfg_.z_dim, D = cfg_.x_dim, R = S * B;
-  const T* p = params_.data();
   // 1. encoder q(z|x) = N(mu, diag exp(lv))
   encode_raw(x, B, w);
   // 2. reparameterization z = mu + sigma ⊙ eps
@@ -130,17 +118,15 @@ void VAE<T>::forward(const T* x, Index B, const T* eps, Index S, KLMode kl, Work
   w.z.resize(R, Z);
   reparam_forward(w.z.data(), w.sigma.data(), w.mu.data(), w.lv.data(), eps, S, B, Z);
   // 3. decoder p(x|z): logits or means (S·B, D)
-  const T* hd = dec_.forward(p, w.z.data(), R, w.dec);
-  w.out.resize(R, D);
-  linear_forward(w.out.data(), hd, p + out_.w, p + out_.b, R, out_.in, out_.out);
+  w.out = dec_->forward(params_.data(), w.z.data(), nullptr, R, w.dec);
   // 4. reconstruction term log p(x|z), one per (sample, example), averaged over samples
   w.logp.resize(R);
   if (lik_ == Likelihood::Bernoulli) {
     if (for_grad) w.sig.resize(R, D);
-    bernoulli_logpdf_forward(w.logp.data(), x, w.out.data(), R, B, D, for_grad ? w.sig.data() : nullptr);
+    bernoulli_logpdf_forward(w.logp.data(), x, w.out, R, B, D, for_grad ? w.sig.data() : nullptr);
   } else {
     const Vec<T> lvx = clamped_logvar();
-    gaussian_logpdf_forward(w.logp.data(), x, w.out.data(), lvx.data(), R, B, D);
+    gaussian_logpdf_forward(w.logp.data(), x, w.out, lvx.data(), R, B, D);
   }
   t.reconstruction.setZero(B);
   for (Index s = 0; s < S; ++s)
@@ -224,23 +210,16 @@ double VAE<T>::objective_grad(CMatRef<T> x, CMatRef<T> eps, Index S, KLMode kl, 
       dlv_raw = Vec<T>::Zero(D);
       dlvx = dlv_raw.data();
     }
-    gaussian_logpdf_backward(w.dout.data(), dlvx, c_rec, x.data(), w.out.data(), lvx.data(), R, B, D);
+    gaussian_logpdf_backward(w.dout.data(), dlvx, c_rec, x.data(), w.out, lvx.data(), R, B, D);
     if (dlvx)  // the clamp passes the gradient only inside [min, max]
       for (Index j = 0; j < D; ++j) {
         const double raw = double(p[dec_lv_ + j]);
         if (raw >= kDecoderLogvarMin && raw <= kDecoderLogvarMax) grad[dec_lv_ + j] += dlv_raw[j];
       }
   }
-  // 2. decoder: output head, then trunk, down to dz (S·B, Z)
-  const T* hd = dec_.layers.empty() ? w.z.data() : w.dec.post.back().data();
+  // 2. decoder, down to dz (S·B, Z)
   w.dz.setZero(R, Z);
-  if (dec_.layers.empty()) {
-    linear_backward(w.dz.data(), grad + out_.w, grad + out_.b, w.dout.data(), hd, p + out_.w, R, out_.in, out_.out);
-  } else {
-    w.dhd.setZero(R, out_.in);
-    linear_backward(w.dhd.data(), grad + out_.w, grad + out_.b, w.dout.data(), hd, p + out_.w, R, out_.in, out_.out);
-    dec_.backward(p, grad, w.z.data(), R, w.dec, w.dhd.data(), w.dz.data());
-  }
+  dec_->backward(p, grad, w.z.data(), nullptr, R, w.dec, w.dout.data(), w.dz.data());
   // 3. through the sample to (mu, lv) (B, Z), then the KL term's own gradient
   w.dmu.setZero(B, Z);
   w.dlv.setZero(B, Z);
@@ -288,14 +267,12 @@ Vec<double> VAE<T>::log_likelihood(CMatRef<T> x, Index K, uint64_t seed) {
         fill_normal_serial(sc.eps.row(r).data(), Z, seed, streams::kLogLikelihood, first);
         sc.z.row(r) = sc.mu.row(bb) + sc.sigma.row(bb).cwiseProduct(sc.eps.row(r));
       }
-      const T* hd = dec_.forward(p, sc.z.data(), R, w.dec);
-      sc.dec_out.resize(R, D);
-      linear_forward(sc.dec_out.data(), hd, p + out_.w, p + out_.b, R, out_.in, out_.out);
+      const T* dec_out = dec_->forward(p, sc.z.data(), nullptr, R, w.dec);  // (R, D)
       sc.logp.resize(R);
       if (lik_ == Likelihood::Bernoulli)
-        bernoulli_logpdf_forward(sc.logp.data(), x.data() + b0 * D, sc.dec_out.data(), R, bc, D);
+        bernoulli_logpdf_forward(sc.logp.data(), x.data() + b0 * D, dec_out, R, bc, D);
       else
-        gaussian_logpdf_forward(sc.logp.data(), x.data() + b0 * D, sc.dec_out.data(), lvx.data(), R, bc, D);
+        gaussian_logpdf_forward(sc.logp.data(), x.data() + b0 * D, dec_out, lvx.data(), R, bc, D);
       // log w = log p(x|z) + log p(z) − log q(z|x) = log p(x|z) + ½ Σ_j (lv + ε² − z²)
       for (Index r = 0; r < R; ++r) {
         const Index kk = r / bc, bb = r % bc;

@@ -117,7 +117,8 @@ class VAE(_ParamModel):
                            decoder_var="learned" if learned else fixed)
         self._np_dtype = DTYPES[dtype]
         cls = _core.VAE_f32 if dtype == "float32" else _core.VAE_f64
-        self._core = cls(x_dim, z_dim, list(hidden), activation, likelihood, learned, fixed, seed)
+        encoder = _core.NetSpec("mlp", list(hidden), activation, "hidden")
+        self._core = cls(x_dim, z_dim, encoder, encoder.mirrored(), likelihood, learned, fixed, seed)
         self._init_layout()
 
     # -- configuration --------------------------------------------------------------------------

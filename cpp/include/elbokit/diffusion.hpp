@@ -21,7 +21,7 @@
 #include <vector>
 
 #include "elbokit/distributions.hpp"
-#include "elbokit/mlp.hpp"
+#include "elbokit/nets.hpp"
 #include "elbokit/train.hpp"
 
 namespace elbokit {
@@ -53,9 +53,8 @@ constexpr double kHybridLambda = 1e-3;
 struct DiffusionConfig {
   Index x_dim = 0;
   std::vector<double> betas;  // (T): β_1 … β_T
-  std::vector<Index> hidden;
+  NetSpec net;                // the ε/x0/v-network: x_t (B, D) conditioned on emb(t) (B, E) → (B, D)
   Index emb_dim = 32;
-  std::string activation = "silu";
   std::string prediction = "epsilon";  // "epsilon", "x0", "v"
   std::string variance = "small";      // "small": σ_t² = β̃_t (σ_1² = β̃_2), "large": σ_t² = β_t
   std::string data = "continuous";     // "continuous" or "discrete256"
@@ -141,12 +140,13 @@ class Diffusion {
 
  private:
   struct Work {
-    TrunkCache<T> net;
-    Mat<T> inp, xt, out, eps_hat, mean, dout, deps, dh;
+    Cache net;
+    const T* out = nullptr;  // the network's output (B, D), in net
+    Mat<T> emb, xt, eps_hat, mean, dout, deps;  // emb (B, E); the others (B, D)
     std::vector<Index> t;
   };
   void check_t(const std::vector<Index>& t, Index B) const;
-  // ε-network: fills w.inp (B, D + E) and w.out (B, D), then w.eps_hat (B, D), for x_t and t.
+  // ε-network: fills w.emb (B, E) and w.out (B, D), then w.eps_hat (B, D), for x_t and t.
   void net_forward(const T* xt, const Index* t, Index B, Work& w);
   // backward of ε̂ = a_t x_t + b_t·out: deps (B, D) = ∂J/∂ε̂, accumulated into grad.
   void net_backward(Index B, Work& w, T* grad);
@@ -162,8 +162,7 @@ class Diffusion {
   VarianceKind var_;
   DataKind data_;
   ParamLayout layout_;
-  Trunk trunk_;
-  Dense out_;
+  ModulePtr<T> net_;  // (nets.hpp)
   Mat<T> emb_;  // (T + 1, E): the time embedding of every step
   Vec<T> params_, ema_;  // (P)
   double ema_decay_ = 0;

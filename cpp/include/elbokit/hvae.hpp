@@ -28,7 +28,8 @@
 //     bottom-up Gaussian of z_{l+1}.
 //   decoder.0.{i}.*, decoder.0.out.*, decoder.0.logvar (Gaussian, learned): p(x|z_1);
 //   decoder.{l}.{i}.*, decoder.{l}.mu.*, decoder.{l}.logvar.*   l = 1..L−1: p(z_l|z_{l+1}).
-//   Encoder trunks use `hidden`, decoder trunks `hidden` reversed. With L = 1 the level index is
+//   The bodies are built from HVAEConfig's encoder and decoder descriptions (nets.hpp; from Python,
+//   an MLP with `hidden` for the encoders and `hidden` reversed for the decoders). With L = 1 the level index is
 //   dropped (encoder.mu.weight, decoder.out.weight, ...): exactly the VAE's names.
 #pragma once
 
@@ -37,7 +38,7 @@
 #include <vector>
 
 #include "elbokit/distributions.hpp"
-#include "elbokit/mlp.hpp"
+#include "elbokit/nets.hpp"
 #include "elbokit/train.hpp"
 #include "elbokit/vae.hpp"
 
@@ -51,49 +52,60 @@ inline Structure structure_from_string(const std::string& s) {
   fail("structure must be one of 'markov', 'topdown', got '" + s + "'");
 }
 
-// A Gaussian conditional network: an MLP trunk and two linear heads giving μ and log-variance
-// (the VAE encoder's shape, MATH.md §2).
+// A Gaussian conditional network: a body network (nets.hpp) and two linear heads giving μ and
+// log-variance (the VAE encoder's shape, MATH.md §2). Its cache keeps the body's features h.
+template <class T>
+struct GaussianNetCache {
+  Cache body;
+  const T* h = nullptr;  // (B, H)
+};
+
+template <class T>
 struct GaussianNet {
-  Trunk trunk;
+  ModulePtr<T> body;
   Dense mu, lv;
 
-  // forward: in (B, I) -> mu_out, lv_out (B, Z); returns the trunk's output h (B, H).
-  template <class T>
-  const T* forward(const T* p, const T* in, Index B, TrunkCache<T>& c, T* mu_out, T* lv_out) const {
-    const T* h = trunk.forward(p, in, B, c);
-    linear_forward(mu_out, h, p + mu.w, p + mu.b, B, mu.in, mu.out);
-    linear_forward(lv_out, h, p + lv.w, p + lv.b, B, lv.in, lv.out);
-    return h;
+  // forward: in (B, I) -> mu_out, lv_out (B, Z); returns the body's output h (B, H).
+  const T* forward(const T* p, const T* in, Index B, GaussianNetCache<T>& c, T* mu_out, T* lv_out) const {
+    c.h = body->forward(p, in, nullptr, B, c.body);
+    linear_forward(mu_out, c.h, p + mu.w, p + mu.b, B, mu.in, mu.out);
+    linear_forward(lv_out, c.h, p + lv.w, p + lv.b, B, lv.in, lv.out);
+    return c.h;
   }
 
   // backward: given dmu, dlv (B, Z), accumulates parameter gradients into g, ∂J/∂h into dh (B, H)
   // (the caller zeroes it, or preloads it with another consumer's gradient of h), then runs the
-  // trunk backward from dh, accumulating ∂J/∂in into din (B, I) when it is not null.
-  template <class T>
-  void backward(const T* p, T* g, const T* in, Index B, TrunkCache<T>& c, const T* dmu, const T* dlv, T* dh,
+  // body backward from dh, accumulating ∂J/∂in into din (B, I) when it is not null.
+  void backward(const T* p, T* g, const T* in, Index B, GaussianNetCache<T>& c, const T* dmu, const T* dlv, T* dh,
                 T* din) const {
-    const T* h = trunk.layers.empty() ? in : c.post.back().data();
-    linear_backward(dh, g + mu.w, g + mu.b, dmu, h, p + mu.w, B, mu.in, mu.out);
-    linear_backward(dh, g + lv.w, g + lv.b, dlv, h, p + lv.w, B, lv.in, lv.out);
-    trunk.backward(p, g, in, B, c, dh, din);
+    linear_backward(dh, g + mu.w, g + mu.b, dmu, c.h, p + mu.w, B, mu.in, mu.out);
+    linear_backward(dh, g + lv.w, g + lv.b, dlv, c.h, p + lv.w, B, lv.in, lv.out);
+    body->backward(p, g, in, nullptr, B, c.body, dh, din);
+  }
+
+  void init(T* p, uint64_t seed) const {
+    body->init(p, seed);
+    init_dense(p, mu, seed);
+    init_dense(p, lv, seed);
   }
 };
 
-inline GaussianNet make_gaussian_net(ParamLayout& layout, const std::string& prefix, Index in_dim,
-                                     const std::vector<Index>& widths, Index z_dim, Activation act) {
-  GaussianNet n;
-  n.trunk = make_trunk(layout, prefix, in_dim, widths, act);
-  n.mu = layout.add_dense(prefix + ".mu", n.trunk.out_dim(), z_dim);
-  n.lv = layout.add_dense(prefix + ".logvar", n.trunk.out_dim(), z_dim);
+template <class T>
+GaussianNet<T> make_gaussian_net(ParamLayout& layout, const std::string& prefix, const NetSpec& spec, Index in_dim,
+                                 Index z_dim) {
+  GaussianNet<T> n;
+  n.body = make_net<T>(layout, prefix, spec, in_dim, 0, 0);
+  n.mu = layout.add_dense(prefix + ".mu", n.body->out_dim(), z_dim);
+  n.lv = layout.add_dense(prefix + ".logvar", n.body->out_dim(), z_dim);
   return n;
 }
 
 struct HVAEConfig {
   Index x_dim = 0;
   std::vector<Index> z_dims;  // (L): Z_1 .. Z_L, bottom to top
-  std::vector<Index> hidden;
+  NetSpec encoder;  // every encoder.l body (q(z_{l+1}|z_l), or the bottom-up block l)
+  NetSpec decoder;  // every decoder.l body (p(x|z_1) with its output layer, p(z_l|z_{l+1}))
   std::string structure = "markov";  // "markov" or "topdown"
-  std::string activation = "relu";
   std::string likelihood = "bernoulli";
   bool learned_var = true;
   double fixed_var = 1.0;
@@ -157,7 +169,7 @@ class HVAE {
 
  private:
   struct Level {
-    TrunkCache<T> enc, dec;  // the encoder (or bottom-up) net and the prior net p(z_l|z_{l+1})
+    GaussianNetCache<T> enc, dec;  // the encoder (or bottom-up) net and the prior net p(z_l|z_{l+1})
     Mat<T> mu, lv, sigma;    // q's Gaussian: (B, Z) when shared by the samples (qrows = B), else (R, Z)
     Mat<T> z;                // (R, Z)
     Mat<T> mud, lvd;         // topdown: the bottom-up Gaussian (B, Z)
@@ -169,8 +181,9 @@ class HVAE {
   };
   struct Work {
     std::vector<Level> lv;
-    TrunkCache<T> dec0;
-    Mat<T> out, sig, dout, dhd;  // p(x|z_1): output, sigmoid(output) (Bernoulli) (R, D); dhd (R, H)
+    Cache dec0;
+    const T* out = nullptr;  // p(x|z_1)'s output (R, D), in dec0
+    Mat<T> sig, dout;        // sigmoid(output) (Bernoulli), ∂J/∂output (R, D)
     Vec<double> logp;       // (R)
   };
   // Per-thread scratch of the row-chunk pipelines (elbo, log_likelihood; common.hpp).
@@ -197,10 +210,9 @@ class HVAE {
   Index L_ = 0, ztot_ = 0;
   std::vector<Index> zoff_;  // (L + 1): Z_1 + … + Z_l
   ParamLayout layout_;
-  std::vector<GaussianNet> enc_;    // (L): q(z_{l+1}|z_l) or the bottom-up blocks
-  std::vector<GaussianNet> prior_;  // (L): prior_[l] (decoder.l, l ≥ 1) maps level l's z to level l−1's prior; [0] unused
-  Trunk dec_;                       // p(x|z_1)'s trunk
-  Dense out_;
+  std::vector<GaussianNet<T>> enc_;    // (L): q(z_{l+1}|z_l) or the bottom-up blocks
+  std::vector<GaussianNet<T>> prior_;  // (L): prior_[l] (decoder.l, l ≥ 1) maps level l's z to level l−1's prior; [0] unused
+  ModulePtr<T> dec_;                   // p(x|z_1): z_1 (R, Z_1) → logits or means (R, D)
   Index dec_lv_ = -1;
   Vec<T> params_;  // (P)
   Work work_;

@@ -1,60 +1,16 @@
-// elbokit/mlp.hpp: the flat parameter layout and the MLP trunk (Linear + activation per layer).
+// elbokit/mlp.hpp: the MLP trunk (Linear + activation per layer) and the MLP network module.
 //
-// Shapes: B batch, I trunk input, H_l width of layer l. Parameters live in one flat buffer; a
-// ParamLayout names its views with the keys of the equivalent PyTorch module's state_dict.
+// Shapes: B batch, I trunk input, C conditioning input, H_l width of layer l, O output. Parameters
+// live in one flat buffer (module.hpp: ParamLayout, names as the PyTorch module's state_dict).
 #pragma once
 
 #include <string>
 #include <vector>
 
 #include "elbokit/layers.hpp"
-#include "elbokit/rng.hpp"
+#include "elbokit/module.hpp"
 
 namespace elbokit {
-
-struct ParamEntry {
-  std::string name;
-  std::vector<Index> shape;
-  Index offset = 0;
-  Index size = 0;
-};
-
-// Offsets of one linear layer's weight (out, in) and bias (out) in the flat buffer.
-struct Dense {
-  Index in = 0, out = 0, w = 0, b = 0;
-};
-
-struct ParamLayout {
-  std::vector<ParamEntry> entries;
-  Index total = 0;
-
-  Index add(const std::string& name, std::vector<Index> shape) {
-    Index size = 1;
-    for (Index s : shape) size *= s;
-    entries.push_back({name, std::move(shape), total, size});
-    total += size;
-    return entries.back().offset;
-  }
-  Dense add_dense(const std::string& prefix, Index in, Index out) {
-    Dense d;
-    d.in = in;
-    d.out = out;
-    d.w = add(prefix + ".weight", {out, in});
-    d.b = add(prefix + ".bias", {out});
-    return d;
-  }
-};
-
-// torch.nn.Linear's default initialization: weight and bias ~ U(-1/√in, 1/√in)
-// (kaiming_uniform with a = √5 gives that bound), drawn from the counter-based RNG.
-template <class T>
-void init_dense(T* params, const Dense& d, uint64_t seed, uint64_t stream) {
-  const double bound = 1.0 / std::sqrt(double(d.in));
-  for (Index i = 0; i < d.out * d.in; ++i)
-    params[d.w + i] = T(bound * (2.0 * uniform_at(seed, stream, uint64_t(d.w + i)) - 1.0));
-  for (Index i = 0; i < d.out; ++i)
-    params[d.b + i] = T(bound * (2.0 * uniform_at(seed, stream, uint64_t(d.b + i)) - 1.0));
-}
 
 // Saved activations of one trunk pass, and its gradient buffers (reused between calls: Eigen's
 // resize is free when the shape is unchanged, so a training step allocates nothing).
@@ -132,5 +88,94 @@ inline Trunk make_trunk(ParamLayout& layout, const std::string& prefix, Index in
   }
   return t;
 }
+
+// The MLP network module (module.hpp): the trunk prefix.0 … prefix.{n−1} (Linear + activation),
+// then, when out > 0, the head prefix.out (Linear, no activation) with out outputs. With a
+// conditioning input of width C, the first layer reads concat(in, cond) (B, I + C) (the diffusion
+// ε-network's input, concat(x_t, emb(t))). With no hidden layers and no head it is the identity.
+template <class T>
+class MLP final : public Module<T> {
+ public:
+  MLP(ParamLayout& layout, const std::string& prefix, Index in, Index cond, const std::vector<Index>& widths,
+      Activation act, Index out)
+      : widths_(widths) {
+    this->in_ = in;
+    this->cond_ = cond;
+    trunk_ = make_trunk(layout, prefix, in + cond, widths, act);
+    if (out > 0) head_ = layout.add_dense(prefix + ".out", trunk_.out_dim(), out);
+    this->out_ = out > 0 ? out : trunk_.out_dim();
+  }
+
+  std::string describe() const override {
+    std::string s = "mlp(" + std::to_string(this->in_) + (this->cond_ ? "+" + std::to_string(this->cond_) : "");
+    for (Index w : widths_) s += "-" + std::to_string(w);
+    if (head_.out) s += "-" + std::to_string(head_.out);
+    return s + ")";
+  }
+
+  void init(T* p, uint64_t seed) const override {
+    for (const Dense& d : trunk_.layers) init_dense(p, d, seed);
+    if (head_.out) init_dense(p, head_, seed);
+  }
+
+  // forward: [concat(in, cond) (B, I + C)] → trunk (B, H) → [head (B, O)].
+  const T* forward(const T* p, const T* in, const T* cond, Index B, Cache& c) const override {
+    State& s = c.get<State>();
+    const T* x = input(in, cond, B, s);
+    const T* h = trunk_.forward(p, x, B, s.trunk);
+    if (!head_.out) return h;
+    s.out.resize(B, head_.out);
+    linear_forward(s.out.data(), h, p + head_.w, p + head_.b, B, head_.in, head_.out);
+    return s.out.data();
+  }
+
+  // backward: the head (dout (B, O) → dh (B, H)), then the trunk down to ∂J/∂in (B, I).
+  void backward(const T* p, T* g, const T* in, const T* cond, Index B, Cache& c, const T* dout,
+                T* din) const override {
+    State& s = c.get<State>();
+    const T* x = this->cond_ ? s.inp.data() : in;
+    T* dx = din;  // ∂J/∂x, (B, I + C) with a conditioning input: the first I columns go to din
+    if (din && this->cond_) {
+      s.dinp.setZero(B, this->in_ + this->cond_);
+      dx = s.dinp.data();
+    }
+    if (!head_.out) {
+      trunk_.backward(p, g, x, B, s.trunk, dout, dx);
+    } else if (trunk_.layers.empty()) {
+      linear_backward(dx, g + head_.w, g + head_.b, dout, x, p + head_.w, B, head_.in, head_.out);
+    } else {
+      s.dh.setZero(B, head_.in);
+      linear_backward(s.dh.data(), g + head_.w, g + head_.b, dout, s.trunk.post.back().data(), p + head_.w, B,
+                      head_.in, head_.out);
+      trunk_.backward(p, g, x, B, s.trunk, s.dh.data(), dx);
+    }
+    if (din && this->cond_) din_add(din, B, s);
+  }
+
+ private:
+  struct State : CacheState {
+    TrunkCache<T> trunk;
+    Mat<T> inp, out, dh, dinp;  // (B, I + C), (B, O), (B, H), (B, I + C)
+  };
+  const T* input(const T* in, const T* cond, Index B, State& s) const {
+    if (!this->cond_) return in;
+    const Index I = this->in_, C = this->cond_;
+    s.inp.resize(B, I + C);
+    for (Index b = 0; b < B; ++b) {
+      std::copy(in + b * I, in + (b + 1) * I, s.inp.data() + b * (I + C));
+      std::copy(cond + b * C, cond + (b + 1) * C, s.inp.data() + b * (I + C) + I);
+    }
+    return s.inp.data();
+  }
+  void din_add(T* din, Index B, const State& s) const {
+    const Index I = this->in_, W = I + this->cond_;
+    for (Index b = 0; b < B; ++b)
+      for (Index j = 0; j < I; ++j) din[b * I + j] += s.dinp.data()[b * W + j];
+  }
+
+  std::vector<Index> widths_;
+  Trunk trunk_;
+  Dense head_;  // head_.out == 0: no head
+};
 
 }  // namespace elbokit

@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "elbokit/distributions.hpp"
-#include "elbokit/mlp.hpp"
+#include "elbokit/nets.hpp"
 #include "elbokit/train.hpp"
 
 namespace elbokit {
@@ -45,8 +45,8 @@ inline KLMode kl_from_string(const std::string& s) {
 
 struct VAEConfig {
   Index x_dim = 0, z_dim = 0;
-  std::vector<Index> hidden;
-  std::string activation = "relu";
+  NetSpec encoder;  // x (B, D) → features (B, H); the heads encoder.mu / encoder.logvar sit on top
+  NetSpec decoder;  // z (B, Z) → logits or means (B, D); its output layer is decoder.out
   std::string likelihood = "bernoulli";  // "bernoulli" or "gaussian"
   bool learned_var = true;               // gaussian: learned per-dimension log-variance
   double fixed_var = 1.0;                // gaussian with learned_var = false
@@ -102,14 +102,16 @@ class VAE {
 
  private:
   struct Work {
-    TrunkCache<T> enc, dec;
-    Mat<T> mu, lv, sigma, z, out, sig, dout, dz, dh, dmu, dlv, dhd;  // see forward()
-    Vec<double> logp;                                           // (S·B)
+    Cache enc, dec;
+    const T* h = nullptr;  // the encoder's features (B, H), in enc
+    const T* out = nullptr;  // the decoder's output (S·B, D), in dec
+    Mat<T> mu, lv, sigma, z, sig, dout, dz, dh, dmu, dlv;  // see forward()
+    Vec<double> logp;                                     // (S·B)
   };
   // Per-thread scratch of the row-chunk pipelines (elbo, log_likelihood; common.hpp).
   struct Scratch {
     Work w;
-    Mat<T> eps, z, dec_out;  // (R, Z), (R, Z), (R, D)
+    Mat<T> eps, z;           // (R, Z), (R, Z)
     Mat<T> mu, lv, sigma;    // (B, Z)
     Mat<double> logw;        // (B, K)
     Vec<double> logp;        // (R)
@@ -122,8 +124,8 @@ class VAE {
   VAEConfig cfg_;
   Likelihood lik_;
   ParamLayout layout_;
-  Trunk enc_, dec_;
-  Dense mu_, lv_, out_;
+  ModulePtr<T> enc_, dec_;  // the networks (nets.hpp)
+  Dense mu_, lv_;           // q's heads on the encoder's features
   Index dec_lv_ = -1;  // offset of decoder.logvar, −1 when absent
   Vec<T> params_;      // (P)
   Work work_;

@@ -1,0 +1,62 @@
+// elbokit/nets.hpp: networks by description. A model names the role of each of its networks (the
+// VAE's encoder x → features and decoder z → outputs, the diffusion model's ε-network (x_t, t) → D)
+// and builds it here from a NetSpec; adding a network kind touches this file and the kind's own
+// header, never a model file.
+//
+// Shapes: B batch, I input features, C conditioning features, O outputs (0: the network's own
+// feature width, for a model that puts its own heads on top).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "elbokit/mlp.hpp"
+#include "elbokit/module.hpp"
+
+namespace elbokit {
+
+struct NetSpec {
+  std::string kind = "mlp";         // "mlp"
+  std::vector<Index> widths;        // mlp: the hidden layers' widths
+  std::string activation = "relu";  // layers.hpp: activation_names()
+  std::string arg = "hidden";       // the user's argument behind `widths`, for error messages
+};
+
+inline const char* net_kinds() { return "'mlp'"; }
+
+inline NetSpec mlp_spec(const std::vector<Index>& widths, const std::string& activation,
+                        const std::string& arg = "hidden") {
+  NetSpec s;
+  s.kind = "mlp";
+  s.widths = widths;
+  s.activation = activation;
+  s.arg = arg;
+  return s;
+}
+
+// The same spec with its widths reversed: a decoder that mirrors its encoder.
+inline NetSpec mirrored(NetSpec s) {
+  s.widths = std::vector<Index>(s.widths.rbegin(), s.widths.rend());
+  return s;
+}
+
+// Checks a spec without building it (the models check every option before they allocate).
+inline void check_net_spec(const NetSpec& s) {
+  if (s.kind != "mlp") fail("net must be one of " + std::string(net_kinds()) + ", got '" + s.kind + "'");
+  for (size_t i = 0; i < s.widths.size(); ++i)
+    if (s.widths[i] <= 0)
+      fail(s.arg + " must hold positive layer widths, got " + std::to_string(s.widths[i]) + " at position " +
+           std::to_string(i));
+  activation_from_string(s.activation);
+}
+
+// make_net: the network `prefix` (its parameters added to layout under that prefix) mapping
+// in (B, I) [and cond (B, C)] to (B, O), or to its own features when out = 0.
+template <class T>
+ModulePtr<T> make_net(ParamLayout& layout, const std::string& prefix, const NetSpec& s, Index in, Index cond,
+                      Index out) {
+  check_net_spec(s);
+  return std::make_unique<MLP<T>>(layout, prefix, in, cond, s.widths, activation_from_string(s.activation), out);
+}
+
+}  // namespace elbokit
