@@ -229,3 +229,23 @@ def test_learned_prior(vae_digits, g1d):
     mi_exact = [t for t in res.rows if t.text == "mutual information"][0].estimate.exact
     agg, se = r.kl["aggregate posterior"]
     assert abs(agg - mi_exact) < 4 * se
+
+
+def test_cli_trace(vae_digits, tmp_path, capsys):
+    from elbokit.cli import main
+    vae, _ = vae_digits
+    path = str(tmp_path / "model.elbokit")
+    vae.save(path)
+    tex = tmp_path / "trace.tex"
+    assert main(["trace", "reconstruction_kl", "--model", path, "--data", "digits", "--n", "16", "--n-samples", "8",
+                 "--latex", str(tex)]) == 0
+    out = capsys.readouterr().out
+    assert "trace of 'reconstruction_kl'" in out and "all relations hold" in out
+    assert tex.read_text().startswith(r"\begin{align*}")
+    assert main(["trace", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert all(n in out for n in D.names())
+    assert main(["trace", "em", "--model", path]) == 2
+    assert "model must be one of GaussianMixture" in capsys.readouterr().err
+    assert main(["trace", "jensen"]) == 2
+    assert "--model FILE" in capsys.readouterr().err

@@ -129,6 +129,8 @@ def _check(a: Estimate, b: Estimate, relation: str) -> tuple[float, float, bool 
         ok = d >= -Z_SIGMAS * se - tol
     else:
         ok = d <= Z_SIGMAS * se + tol
+    if abs(d) <= tol and se <= tol:   # the same number: holds whatever the error bars' reliability
+        return d, se, True
     return d, se, (bool(ok) if a.reliable and b.reliable else None)
 
 
@@ -837,13 +839,18 @@ class TraceResult:
     def ok(self) -> bool:
         return self.relations_hold and self.exact_agree
 
+    def undecided(self) -> list:
+        """The relations left undecided ("?"): an estimate on either side has too few effective samples."""
+        return [f"line {r.index} {r.relation} the next: difference {r.difference:.6g} ± {r.difference_se:.3g} "
+                f"(unreliable estimate): {r.text}" for r in self.rows if r.relation and r.holds is None]
+
     def failures(self) -> list:
         """Plain-text descriptions of every relation that fails and every disagreement with a closed form."""
         out = []
         for r in self.rows:
-            if r.relation and r.holds is not True:
+            if r.relation and r.holds is False:
                 out.append(f"line {r.index} {r.relation} the next: difference {r.difference:.6g} ± {r.difference_se:.3g} "
-                           f"({'unreliable estimate' if r.holds is None else 'fails'}): {r.text}")
+                           f"(fails): {r.text}")
             if r.agrees is False:
                 out.append(f"line {r.index}: {r.estimate.value:.6g} ± {r.estimate.se:.3g} against the closed form "
                            f"{r.estimate.exact:.6g}: {r.text}")
@@ -866,7 +873,12 @@ class TraceResult:
             if r.relation:
                 verdict = {True: "holds", False: "FAILS", None: "? (unreliable estimate)"}[r.holds]
                 lines.append(f"{'':3s}   {r.relation}  [{r.why}]  difference {r.difference:.3g} ± {r.difference_se:.2g}: {verdict}")
-        lines.append("all relations hold" if self.ok else "FAILING: " + "; ".join(self.failures()))
+        if self.ok:
+            lines.append("all relations hold")
+        if self.failures():
+            lines.append("FAILING: " + "; ".join(self.failures()))
+        if self.undecided():
+            lines.append("undecided: " + "; ".join(self.undecided()))
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
