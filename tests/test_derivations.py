@@ -114,6 +114,55 @@ def test_hvae_levels(structure):
     assert abs(last.value - ref.mean()) < 4 * math.hypot(last.se, se_ref / 2)
 
 
+@pytest.mark.parametrize("structure", ["markov", "topdown"])
+def test_linear_hvae_every_line_exact(structure):
+    """A linear Gaussian HVAE (hidden=(), constant variances) has a closed-form ELBO, level terms and
+    log p(x): every Monte-Carlo line and term agrees with them."""
+    rng = np.random.default_rng(0)
+    h = ek.HVAE(4, z_dims=(3, 2), hidden=(), structure=structure, likelihood="gaussian", dtype="float64",
+                decoder_var=0.5, seed=1)
+    p = h.parameters()
+    for k in p:
+        if k.endswith("logvar.weight"):
+            p[k] = np.zeros_like(p[k])
+        elif k.endswith("logvar.bias"):
+            p[k] = 0.3 * rng.normal(size=p[k].shape)
+    h.set_parameters(p)
+    x = rng.normal(size=(6, 4))
+    res = ek.trace("hvae", h, x, n_samples=400, seed=0)
+    _check_exact_lines(res)
+    assert all(r.estimate.exact is not None for r in res.rows)
+    # the closed-form log p(x) against naive Monte Carlo over the engine's ancestral samples of p
+    means = h.sample(100000, seed=0)                                   # E[x | z_1] for z ~ p
+    v = h.decoder_variance()
+    logpx = -0.5 * (np.log(2 * np.pi * v) + (x[:, None, :] - means[None]) ** 2 / v).sum(axis=2)   # (n, 1e5)
+    mx = logpx.max(axis=1, keepdims=True)
+    naive = (mx[:, 0] + np.log(np.exp(logpx - mx).mean(axis=1))).mean()
+    assert abs(naive - res.lines[0].estimate.value) < 0.02
+    # with a non-zero log-variance weight the model is not linear-Gaussian: no closed form
+    p["decoder.1.logvar.weight"] = np.ones_like(p["decoder.1.logvar.weight"])
+    h.set_parameters(p)
+    assert D.hvae_linear_closed_form(h) is None
+
+
+def test_linear_diffusion_every_line_exact():
+    """A diffusion model with an affine network (hidden=()) has a closed-form ELBO: every form, and
+    every step's KL, agrees with it."""
+    rng = np.random.default_rng(0)
+    m = ek.Diffusion(3, timesteps=8, hidden=(), dtype="float64", seed=0)
+    p = m.parameters()
+    p["net.out.weight"][:, :3] += 0.6 * np.eye(3)
+    m.set_parameters(p)
+    x = rng.normal(size=(6, 3))
+    res = ek.trace("diffusion", m, x, n_samples=64, seed=0)
+    _check_exact_lines(res)
+    assert all(r.estimate.exact is not None for r in res.rows)
+    steps = np.asarray(m.elbo(np.tile(x, (64, 1)), seed=0).steps).reshape(64, 6, 8)
+    exact = D.diffusion_linear_closed_form(m)(x)["steps"]
+    mean, se = steps.mean(axis=(0, 1)), np.sqrt(steps.var(axis=0, ddof=1).sum(axis=0) / 64) / 6
+    assert (np.abs(mean - exact.mean(axis=0)) <= 4 * se + 1e-9).all()
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_diffusion_forms(dtype):
     rng = np.random.default_rng(0)

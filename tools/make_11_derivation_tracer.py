@@ -91,7 +91,16 @@ The joint and the encoder factorize by level (MATH.md §6), so the ELBO is the r
 one term per level; the tower rule turns a level's $\mathbb E[\log q - \log p]$ into an analytic
 Gaussian KL given its parents wherever the structure allows: only at the top for the Markov
 chain (its lower levels condition $q$ and $p$ on different variables), at every level top-down.
-The analytic terms have the same means and smaller errors.""", """for structure in ("markov", "topdown"):
+The analytic terms have the same means and smaller errors. A *linear* Gaussian HVAE (no hidden
+layers, constant variances) has every line in closed form: the whole chain $q(z_{1:L}|x)$ is one
+Gaussian, and $p(x)$ too (`ek.derivations.hvae_linear_closed_form`).""", """rng = np.random.default_rng(0)
+lin = ek.HVAE(4, z_dims=(3, 2), hidden=(), structure="topdown", likelihood="gaussian", dtype="float64", decoder_var=0.5, seed=1)
+p = {k: (np.zeros_like(v) if k.endswith("logvar.weight") else v) for k, v in lin.parameters().items()}
+lin.set_parameters(p)
+r = ek.trace("hvae", lin, rng.normal(size=(8, 4)), n_samples=400, seed=0)
+display(r)
+assert r.ok and all(row.estimate.exact is not None for row in r.rows)
+for structure in ("markov", "topdown"):
     h = ek.HVAE(64, z_dims=(8, 4), hidden=(64,), structure=structure, seed=0)
     h.fit(train, epochs=4, batch_size=64, lr=3e-3, progress=False, active_units=False)
     r = ek.trace("hvae", h, xv, n_samples=16, seed=0)
@@ -105,7 +114,9 @@ per-step KLs are analytic. Line 4 recomputes the Gaussian KL of $q(x_{t-1}|x_t,x
 $p_\theta(x_{t-1}|x_t)$ in closed form from `q_posterior` and `p_mean_variance` at the engine's own
 noise, and line 5 writes its mean part in $\epsilon$: $\frac{\beta_t^2}{2\sigma_t^2\alpha_t(1-\bar\alpha_t)}\|\epsilon-\epsilon_\theta\|^2$.
 Lines 3-5 agree sample by sample (up to float32 rounding); forms A and B agree in expectation, B
-with the smaller error (its prior term and step KLs are analytic).""", """xs = ek.datasets.load("swiss_roll", n=2000, seed=0)[0]
+with the smaller error (its prior term and step KLs are analytic). With an affine network
+(`hidden=()`) every term is a Gaussian expectation of a quadratic: the closed form
+(`ek.derivations.diffusion_linear_closed_form`) stands beside every line.""", """xs = ek.datasets.load("swiss_roll", n=2000, seed=0)[0]
 dm = ek.Diffusion(2, timesteps=40, schedule="cosine", hidden=(64, 64), seed=0)
 dm.fit(xs, epochs=30, batch_size=128, lr=2e-3, progress=False)
 r = ek.trace("diffusion", dm, xs[:32], n_samples=16, seed=0)
@@ -113,7 +124,12 @@ display(r)
 assert r.ok, r.failures()
 a, b = r.lines[1].estimate, r.lines[2].estimate
 print(f"s.e. of form A {a.se:.3f} against form B {b.se:.3f}")
-assert b.se < a.se""", r"""md:## 6. EM: the E-step closes the gap, the M-step cannot decrease the ELBO
+assert b.se < a.se
+dl = ek.Diffusion(2, timesteps=20, schedule="cosine", hidden=(), dtype="float64", seed=0)
+dl.fit(xs, epochs=5, batch_size=128, lr=1e-2, progress=False)
+r = ek.trace("diffusion", dl, xs[:16], n_samples=32, seed=0)
+display(r)
+assert r.ok and all(row.estimate.exact is not None for row in r.rows)""", r"""md:## 6. EM: the E-step closes the gap, the M-step cannot decrease the ELBO
 
 Read from the bottom: $\log p(x|\theta) = \mathrm{ELBO}(q,\theta)$ with $q = p(k|x,\theta)$ (E-step);
 $\mathrm{ELBO}(q,\theta') \ge \mathrm{ELBO}(q,\theta)$ because the M-step maximizes it over $\theta$; and

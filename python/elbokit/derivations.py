@@ -375,27 +375,171 @@ class MixtureContext:
     has_posterior = True
 
 
-class HVAEContext:
-    """An ek.HVAE on x (n, D): per-sample level terms at one noise, Monte Carlo and analytic (MATH.md §6)."""
+def _affine_sq(m, C, A, b):
+    """E‖A Z + b‖² per point for Z ~ N(m (n, K), C (K, K)), elementwise over the rows of A:
+    (n, d) of (A m + b)² + diag(A C Aᵀ)."""
+    return (m @ A.T + b) ** 2 + np.einsum("ij,jk,ik->i", A, C, A)[None, :]
 
-    def __init__(self, model: HVAE, x, S: int, seed: int):
-        self.model, self.S, self.seed, self.kind = model, S, seed, "HVAE"
+
+def hvae_linear_closed_form(model: HVAE):
+    """The exact ELBO terms and log p(x) of a *linear* Gaussian HVAE (MATH.md §6), or None: every
+    conditional is linear-Gaussian when hidden=(), likelihood="gaussian", L >= 2 and every
+    log-variance head has zero weights (constant variances). Then q(z_{1:L}|x) is one Gaussian
+    N(m(x), C) (propagated level by level in q's ancestral order: Markov bottom-up, top-down by
+    precision weighting), every E_q[log density] is a quadratic expectation, and p(x) =
+    N(W μ_1 + b, W Σ_1 Wᵀ + diag v) with (μ_1, Σ_1) the prior's marginal of z_1.
+    Returns f(x) -> dict(reconstruction (n,), levels (n, L), elbo (n,), log_p (n,))."""
+    if not isinstance(model, HVAE) or model.hidden != () or model.likelihood != "gaussian" or model.levels < 2:
+        return None
+    p = {k: np.asarray(v, np.float64) for k, v in model.parameters().items()}
+    if any(np.any(v != 0) for k, v in p.items() if k.endswith("logvar.weight")):
+        return None
+    L, zd = model.levels, model.z_dims
+    off = np.concatenate([[0], np.cumsum(zd)]).astype(int)
+    K = int(off[-1])
+    sl = [slice(off[l], off[l + 1]) for l in range(L)]                 # level l + 1's block of Z
+    v = model.decoder_variance()
+    W, w0 = p["decoder.0.out.weight"], p["decoder.0.out.bias"]
+    F = {l: p[f"decoder.{l}.mu.weight"] for l in range(1, L)}         # p(z_l|z_{l+1}), l = 1..L-1 (0-based: level l)
+    f = {l: p[f"decoder.{l}.mu.bias"] for l in range(1, L)}
+    t = {l: np.exp(p[f"decoder.{l}.logvar.bias"]) for l in range(1, L)}
+    Em = [p[f"encoder.{l}.mu.weight"] for l in range(L)]
+    em = [p[f"encoder.{l}.mu.bias"] for l in range(L)]
+    ev = [np.exp(p[f"encoder.{l}.logvar.bias"]) for l in range(L)]
+
+    def fn(x):
+        n = x.shape[0]
+        m, C = np.zeros((n, K)), np.zeros((K, K))
+        qvar = [None] * L
+
+        def put(l, A, b, s):           # z_l = A Z + b + N(0, diag s), A touching set levels only
+            m[:, sl[l]] = m @ A.T + b
+            C[sl[l], :] = A @ C
+            C[:, sl[l]] = C[sl[l], :].T
+            C[sl[l], sl[l]] = A @ C @ A.T + np.diag(s)
+            qvar[l] = s
+        if model.structure == "markov":
+            put(0, np.zeros((zd[0], K)), x @ Em[0].T + em[0], ev[0])
+            for l in range(1, L):
+                A = np.zeros((zd[l], K))
+                A[:, sl[l - 1]] = Em[l]
+                put(l, A, np.broadcast_to(em[l], (n, zd[l])), ev[l])
+        else:
+            put(L - 1, np.zeros((zd[L - 1], K)), x @ Em[L - 1].T + em[L - 1], ev[L - 1])
+            for l in range(L - 2, -1, -1):   # precision weighting of the bottom-up N(mu_d, s_d) and p(z_l|z_{l+1})
+                s = 1.0 / (1.0 / ev[l] + 1.0 / t[l + 1])
+                A = np.zeros((zd[l], K))
+                A[:, sl[l + 1]] = (s / t[l + 1])[:, None] * F[l + 1]
+                put(l, A, s * ((x @ Em[l].T + em[l]) / ev[l] + f[l + 1] / t[l + 1]), s)
+        # E_q[log p(x|z_1)]
+        A = np.zeros((x.shape[1], K))
+        A[:, sl[0]] = -W
+        rec = -0.5 * (LOG_2PI + np.log(v) + _affine_sq(m, C, A, x - w0) / v).sum(axis=1)
+        levels = np.empty((n, L))
+        for l in range(L):
+            ent = 0.5 * (LOG_2PI + np.log(qvar[l]) + 1.0).sum()         # −E log q(z_l|its parents)
+            A = np.zeros((zd[l], K))
+            A[:, sl[l]] = np.eye(zd[l])
+            if l == L - 1:
+                lp = -0.5 * (LOG_2PI + _affine_sq(m, C, A, 0.0)).sum(axis=1)
+            else:
+                A[:, sl[l + 1]] = -F[l + 1]
+                lp = -0.5 * (LOG_2PI + np.log(t[l + 1]) + _affine_sq(m, C, A, -f[l + 1]) / t[l + 1]).sum(axis=1)
+            levels[:, l] = -ent - lp
+        # log p(x): the prior's marginal of z_1, then x
+        mu, S = np.zeros(zd[L - 1]), np.eye(zd[L - 1])
+        for l in range(L - 2, -1, -1):
+            mu, S = F[l + 1] @ mu + f[l + 1], F[l + 1] @ S @ F[l + 1].T + np.diag(t[l + 1])
+        cov = W @ S @ W.T + np.diag(v)
+        Lc = np.linalg.cholesky(cov)
+        r = np.linalg.solve(Lc, (x - (W @ mu + w0)).T)
+        logp = -0.5 * (x.shape[1] * LOG_2PI + 2 * np.log(np.diag(Lc)).sum() + (r * r).sum(axis=0))
+        return {"reconstruction": rec, "levels": levels, "elbo": rec - levels.sum(axis=1), "log_p": logp}
+    return fn
+
+
+class HVAEContext:
+    """An ek.HVAE on x (n, D): per-sample level terms at one noise, Monte Carlo and analytic, log p(x)
+    by importance sampling with big_k samples of the chain, and the closed forms of a linear
+    Gaussian HVAE (:func:`hvae_linear_closed_form`) (MATH.md §6)."""
+
+    def __init__(self, model: HVAE, x, S: int, seed: int, big_k: int = 1000):
+        self.model, self.S, self.seed, self.kind, self.big_k = model, S, seed, "HVAE", big_k
         self.x = model._x(x)
         self.n = self.x.shape[0]
         self.rtol = RTOL64 if model.dtype == "float64" else RTOL32
-        zd = model.z_dims
-        flat = _random.normal(S * self.n * sum(zd), seed=seed, stream=STREAMS["q"])
+        self.rec, self.kl_mc, self.kl_an, self.rec_an = self._draw(S, STREAMS["q"])
+        cf = hvae_linear_closed_form(model)
+        self.closed = None if cf is None else cf(np.asarray(self.x, np.float64))
+
+    def _draw(self, S, stream):
+        zd, n = self.model.z_dims, self.n
+        flat = _random.normal(S * n * sum(zd), seed=self.seed, stream=stream)
         eps, off = [], 0
         for z in zd:
-            eps.append(flat[off:off + S * self.n * z].reshape(1, S * self.n, z))
-            off += S * self.n * z
+            eps.append(flat[off:off + S * n * z].reshape(1, S * n, z))
+            off += S * n * z
         xt = np.tile(self.x, (S, 1))
-        sh = (S, self.n)
-        r_mc, r_an = model.elbo(xt, kl="mc", eps=eps), model.elbo(xt, kl="analytic", eps=eps)
-        self.rec = np.asarray(r_mc.reconstruction, np.float64).reshape(sh)
-        self.kl_mc = np.asarray(r_mc.kl_levels, np.float64).reshape(S, self.n, -1)
-        self.kl_an = np.asarray(r_an.kl_levels, np.float64).reshape(S, self.n, -1)
-        self.rec_an = np.asarray(r_an.reconstruction, np.float64).reshape(sh)
+        r_mc, r_an = self.model.elbo(xt, kl="mc", eps=eps), self.model.elbo(xt, kl="analytic", eps=eps)
+        return (np.asarray(r_mc.reconstruction, np.float64).reshape(S, n),
+                np.asarray(r_mc.kl_levels, np.float64).reshape(S, n, -1),
+                np.asarray(r_an.kl_levels, np.float64).reshape(S, n, -1),
+                np.asarray(r_an.reconstruction, np.float64).reshape(S, n))
+
+    @cached_property
+    def log_p_big(self):
+        rec, kl, _, _ = self._draw(self.big_k, STREAMS["big"])
+        return rec - kl.sum(axis=2)                                         # log w (K, n)
+
+    def exact(self, key, level=None):
+        if self.closed is None:
+            return None
+        v = self.closed[key]
+        return v if level is None else v[:, level]
+
+
+def diffusion_linear_closed_form(model: Diffusion):
+    """The exact ELBO terms of a diffusion model whose network is affine in x_t (hidden=(),
+    prediction="epsilon", data="continuous"), or None (MATH.md §7). Then ε_θ(x_t, t) = A x_t + b_t
+    (A and b_t read off the network by probing it at 0 and the unit vectors), μ_θ = P_t x_t + r_t,
+    and with x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε every term is a Gaussian expectation of a quadratic:
+    E‖μ̃_t − μ_θ‖² = ‖k_0 x_0 + G_t √ᾱ_t x_0 − r_t‖² + (1−ᾱ_t)‖G_t‖_F², G_t = k_1 I − P_t.
+    Returns f(x) -> dict(reconstruction, prior, steps (n, T; column 0 is 0), elbo)."""
+    if not isinstance(model, Diffusion) or tuple(model.config["hidden"]) != () or model.prediction != "epsilon" \
+            or model.data != "continuous":
+        return None
+    T, D = model.timesteps, model.x_dim
+    betas, alphas, ab = (np.asarray(a, np.float64) for a in (model.betas, model.alphas, model.alphas_cumprod))
+    ab_prev = np.asarray(model.alphas_cumprod_prev, np.float64)
+    bt, s2 = np.asarray(model.posterior_variance, np.float64), np.asarray(model.sigmas2, np.float64)
+    probe = np.vstack([np.zeros((1, D)), np.eye(D)]).astype(model._np_dtype)
+    maps = []
+    for t in range(1, T + 1):
+        e = np.asarray(model.predict(probe, t)["eps"], np.float64)
+        b, A = e[0], (e[1:] - e[0]).T                                     # ε_θ = A x + b
+        c = betas[t - 1] / math.sqrt(1 - ab[t - 1])
+        P = (np.eye(D) - c * A) / math.sqrt(alphas[t - 1])
+        maps.append((P, -c * b / math.sqrt(alphas[t - 1])))
+
+    def fn(x0):
+        n = x0.shape[0]
+        steps = np.zeros((n, T))
+        for t in range(2, T + 1):
+            P, r = maps[t - 1]
+            k0 = math.sqrt(ab_prev[t - 1]) * betas[t - 1] / (1 - ab[t - 1])
+            k1 = math.sqrt(alphas[t - 1]) * (1 - ab_prev[t - 1]) / (1 - ab[t - 1])
+            G = k1 * np.eye(D) - P
+            mean = k0 * x0 + math.sqrt(ab[t - 1]) * x0 @ G.T - r
+            e2 = (mean ** 2).sum(axis=1) + (1 - ab[t - 1]) * (G * G).sum()
+            ratio = bt[t - 1] / s2[t - 1]
+            steps[:, t - 1] = e2 / (2 * s2[t - 1]) + 0.5 * D * (ratio - 1 - math.log(ratio))
+        P, r = maps[0]
+        res = x0 - math.sqrt(ab[0]) * x0 @ P.T - r
+        e2 = (res ** 2).sum(axis=1) + (1 - ab[0]) * (P * P).sum()
+        rec = -0.5 * (D * (LOG_2PI + math.log(s2[0])) + e2 / s2[0])
+        prior = 0.5 * (ab[-1] * x0 ** 2 + (1 - ab[-1]) - 1 - math.log(1 - ab[-1])).sum(axis=1)
+        return {"reconstruction": rec, "prior": prior, "steps": steps, "elbo": rec - prior - steps.sum(axis=1)}
+    return fn
 
 
 class DiffusionContext:
@@ -413,6 +557,14 @@ class DiffusionContext:
         self.T = model.timesteps
         self.rtol = RTOL64 if model.dtype == "float64" else RTOL32
         self.xt = np.tile(self.x, (S, 1))                                   # (S n, D)
+        cf = diffusion_linear_closed_form(model)
+        self.closed = None if cf is None else cf(np.asarray(self.x, np.float64))
+
+    def exact(self, key):
+        if self.closed is None:
+            return None
+        v = self.closed[key]
+        return v.sum(axis=1) if v.ndim == 2 else v
 
     @cached_property
     def hvae_form(self):
@@ -639,26 +791,35 @@ def _level_terms(c, which):
         name = (r"\mathbb{E}_q[\log q(z_%d|\cdot) - \log p(z_%d|\cdot)]" if which == "mc"
                 else r"\mathbb{E}_q[\mathrm{KL}(q(z_%d|\cdot)\,\|\,p(z_%d|\cdot))]") % (l + 1, l + 1)
         txt = f"level {l + 1}{' (prior matching, top)' if top else ''}: " + ("log q − log p" if which == "mc" else "KL term")
-        out.append((name, txt, mc(src[:, :, l], "q", None, c.rtol)))
+        out.append((name, txt, mc(src[:, :, l], "q", c.exact("levels", l), c.rtol)))
     return out
 
 
+def _hvae_log_p(c) -> Estimate:
+    if c.closed is not None:
+        return exact(c.closed["log_p"], c.rtol)
+    return log_mean(c.log_p_big, "big", rtol=c.rtol, note=f"L_K, K = {c.big_k}")
+
+
 HVAE_LEVELS = Derivation("hvae", "the hierarchical ELBO split into per-level terms (Markov and top-down)", (
+    Step(r"\log p(x) = \log \mathbb{E}_{q(z_{1:L}|x)}\!\left[\frac{p(x, z_{1:L})}{q(z_{1:L}|x)}\right]",
+         "log p(x)  (closed form, or L_K)", _hvae_log_p, "≥", "Jensen, as for one level"),
     Step(r"\mathrm{ELBO}(x) = \mathbb{E}_{q(z_{1:L}|x)}[\log p(x, z_{1:L}) - \log q(z_{1:L}|x)]",
          "E_q[log p(x, z_1..L) − log q(z_1..L|x)]",
-         lambda c: mc(c.rec - c.kl_mc.sum(axis=2), "q", None, c.rtol), "=",
+         lambda c: mc(c.rec - c.kl_mc.sum(axis=2), "q", c.exact("elbo"), c.rtol), "=",
          "factorization: Markov p(x|z_1) Π p(z_{l−1}|z_l) p(z_L), q(z_1|x) Π q(z_l|z_{l−1}); "
          "top-down p(z_L) Π p(z_l|z_{>l}), q(z_L|x) Π q(z_l|z_{>l}, x)"),
     Step(r"\mathbb{E}_q[\log p(x|z_1)] - \sum_{l=1}^{L} \mathbb{E}_q\!\left[\log \frac{q(z_l|\mathrm{pa}_q(z_l))}{p(z_l|\mathrm{pa}_p(z_l))}\right]",
          "E_q[log p(x|z_1)] − Σ_l E_q[log q(z_l|·) − log p(z_l|·)]",
-         lambda c: mc(c.rec - c.kl_mc.sum(axis=2), "q", None, c.rtol), "=",
+         lambda c: mc(c.rec - c.kl_mc.sum(axis=2), "q", c.exact("elbo"), c.rtol), "=",
          "tower rule: the inner expectation over z_l given its parents is a Gaussian KL in closed form "
          "(the top level for Markov, every level for top-down, MATH.md §6)"),
-    Step("", "", lambda c: [(r"\mathbb{E}_q[\log p(x|z_1)]", "reconstruction", mc(c.rec, "q", None, c.rtol))]
+    Step("", "", lambda c: [(r"\mathbb{E}_q[\log p(x|z_1)]", "reconstruction",
+                             mc(c.rec, "q", c.exact("reconstruction"), c.rtol))]
          + _level_terms(c, "mc"), terms=True),
     Step(r"\mathbb{E}_q[\log p(x|z_1)] - \sum_{l=1}^{L} \mathbb{E}_q[\mathrm{KL}_l]",
          "E_q[log p(x|z_1)] − Σ_l E_q[KL_l]  (analytic where the structure allows)",
-         lambda c: mc(c.rec_an - c.kl_an.sum(axis=2), "q", None, c.rtol)),
+         lambda c: mc(c.rec_an - c.kl_an.sum(axis=2), "q", c.exact("elbo"), c.rtol)),
     Step("", "", lambda c: _level_terms(c, "analytic"), terms=True),
 ), ("HVAE",), "§6")
 
@@ -674,28 +835,28 @@ def _diff(c, arr):
 DIFFUSION = Derivation("diffusion", "the diffusion ELBO: HVAE form → consistency form → denoising form → ε-MSE", (
     Step(r"\mathbb{E}_{q(x_{1:T}|x_0)}\!\left[\log \frac{p(x_T)\prod_t p_\theta(x_{t-1}|x_t)}{\prod_t q(x_t|x_{t-1})}\right]",
          "E_q[log p(x_T) + Σ_t log p(x_{t−1}|x_t) − Σ_t log q(x_t|x_{t−1})]  (HVAE form)",
-         lambda c: mc(c.hvae_form, "chain", None, c.rtol), "=",
+         lambda c: mc(c.hvae_form, "chain", c.exact("elbo"), c.rtol), "=",
          "regroup the product by level (Markov: z_t = x_t, fixed encoder)"),
     Step(r"\mathbb{E}[\log p_\theta(x_0|x_1)] - \mathbb{E}[\mathrm{KL}(q(x_T|x_{T-1})\|p(x_T))] - \sum_{t=1}^{T-1}\mathbb{E}[\mathrm{KL}(q(x_t|x_{t-1})\|p_\theta(x_t|x_{t+1}))]",
          "consistency form A (the engine)",
-         lambda c: mc(_diff(c, c.form_a.elbo), "A", None, c.rtol), "=",
+         lambda c: mc(_diff(c, c.form_a.elbo), "A", c.exact("elbo"), c.rtol), "=",
          "Bayes' rule on the encoder, q(x_t|x_{t−1}, x_0) = q(x_{t−1}|x_t, x_0) q(x_t|x_0)/q(x_{t−1}|x_0); the ratios telescope"),
     Step(r"\mathbb{E}[\log p_\theta(x_0|x_1)] - \mathrm{KL}(q(x_T|x_0)\|p(x_T)) - \sum_{t=2}^{T}\mathbb{E}_{q(x_t|x_0)}[\mathrm{KL}(q(x_{t-1}|x_t,x_0)\|p_\theta(x_{t-1}|x_t))]",
          "denoising form B (the engine)",
-         lambda c: mc(_diff(c, c.form_b.elbo), "B", None, c.rtol), "=",
+         lambda c: mc(_diff(c, c.form_b.elbo), "B", c.exact("elbo"), c.rtol), "=",
          "KL of two Gaussians with shared isotropic variances in closed form (MATH.md §1, §7)"),
     Step("", "", lambda c: [
-        (r"\mathbb{E}[\log p_\theta(x_0|x_1)]", "reconstruction", mc(_diff(c, c.form_b.reconstruction), "B", None, c.rtol)),
-        (r"\mathrm{KL}(q(x_T|x_0)\|p(x_T))", "prior matching", mc(_diff(c, c.form_b.prior), "B", None, c.rtol)),
-        (r"\sum_{t\ge2}\mathbb{E}[\mathrm{KL}_t]", "Σ denoising matching KLs", mc(_diff(c, _dsum(c.form_b)), "B", None, c.rtol))],
+        (r"\mathbb{E}[\log p_\theta(x_0|x_1)]", "reconstruction", mc(_diff(c, c.form_b.reconstruction), "B", c.exact("reconstruction"), c.rtol)),
+        (r"\mathrm{KL}(q(x_T|x_0)\|p(x_T))", "prior matching", mc(_diff(c, c.form_b.prior), "B", c.exact("prior"), c.rtol)),
+        (r"\sum_{t\ge2}\mathbb{E}[\mathrm{KL}_t]", "Σ denoising matching KLs", mc(_diff(c, _dsum(c.form_b)), "B", c.exact("steps"), c.rtol))],
         terms=True),
     Step(r"\ldots - \sum_{t=2}^{T}\mathbb{E}\!\left[\frac{\|\tilde\mu_t - \mu_\theta\|^2}{2\sigma_t^2} + \frac{d}{2}\!\left(\frac{\tilde\beta_t}{\sigma_t^2} - 1 - \log\frac{\tilde\beta_t}{\sigma_t^2}\right)\right]",
          "… − Σ_t [‖μ̃_t − μ_θ‖²/(2σ_t²) + (d/2)(β̃_t/σ_t² − 1 − log β̃_t/σ_t²)]  (recomputed)",
-         lambda c: mc(_diff(c, c.form_b.reconstruction) - _diff(c, c.form_b.prior) - c.recomputed[0], "B", None, c.rtol),
+         lambda c: mc(_diff(c, c.form_b.reconstruction) - _diff(c, c.form_b.prior) - c.recomputed[0], "B", c.exact("elbo"), c.rtol),
          "=", "ε-parameterization: μ̃_t − μ_θ = β_t/(√α_t √(1−ᾱ_t)) (ε_θ − ε)"),
     Step(r"\ldots - \sum_{t=2}^{T}\mathbb{E}\!\left[\frac{\beta_t^2}{2\sigma_t^2\alpha_t(1-\bar\alpha_t)}\|\epsilon - \epsilon_\theta(x_t, t)\|^2 + \mathrm{const}_t\right]",
          "… − Σ_t [β_t²/(2σ_t² α_t (1−ᾱ_t)) ‖ε − ε_θ‖² + const_t]  (a weighted MSE)",
-         lambda c: mc(_diff(c, c.form_b.reconstruction) - _diff(c, c.form_b.prior) - c.recomputed[1], "B", None, c.rtol)),
+         lambda c: mc(_diff(c, c.form_b.reconstruction) - _diff(c, c.form_b.prior) - c.recomputed[1], "B", c.exact("elbo"), c.rtol)),
 ), ("Diffusion",), "§7")
 
 
