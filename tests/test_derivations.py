@@ -240,6 +240,8 @@ def test_bad_input(g1d, mog):
         ek.trace("jensen", m, x, n_samples=0)
     with pytest.raises(ValueError, match=r"x must be a 1-D array of shape \(n,\).*got shape \(3, 2\)"):
         ek.trace("jensen", m, np.zeros((3, 2)))
+    with pytest.raises(ValueError, match=r"x must have shape \(n, 4\), got \(3, 5\)"):
+        ek.trace("jensen", ek.VAE(4, 2, hidden=()), np.zeros((3, 5)))
     with pytest.raises(ValueError, match=r"x must have shape \(n, 2\), got \(4, 3\)"):
         ek.trace("gap", mog[0], np.zeros((4, 3)))
     with pytest.raises(ValueError, match="data='continuous'"):

@@ -216,7 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr = commands.add_parser("trace", help="trace a derivation line by line on a saved model (ek.trace)",
                              description="Evaluates every line of a derivation (ek.derivations) on a saved model "
                                          "and the first --n held-out points of --data: each line's value with its "
-                                         "Monte-Carlo standard error, and whether each = or >= holds within 4 s.e.")
+                                         "Monte-Carlo standard error, and whether each = or >= holds within 4 s.e. "
+                                         "Exit code 0 when every relation holds, 1 when one fails or is "
+                                         "undecided (too few effective samples).")
     tr.add_argument("derivation", metavar="DERIVATION", nargs="?", help="a derivation's name (see --list)")
     tr.add_argument("--list", action="store_true", help="list the derivations and the models each is traced on")
     tr.add_argument("--model", dest="model_file", metavar="FILE", help="a saved model file (model.elbokit)")

@@ -36,14 +36,14 @@ from __future__ import annotations
 import copy
 import html
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Callable
 
 import numpy as np
 
 from . import random as _random
-from ._validation import as_array, check_choice, check_float, check_int
+from ._validation import as_array, check_float, check_int
 from .diffusion import Diffusion
 from .exact import GaussianMixture, Gaussian1D, LinearGaussian, _logsumexp
 from .hvae import HVAE
@@ -647,7 +647,6 @@ class SurgeryContext:
             self.n, self.rtol = c.n, RTOL64
             q, pi = c.q, model.weights_
             qagg = q.mean(axis=0)
-            rows = np.arange(self.n)[None, :]
             with np.errstate(divide="ignore", invalid="ignore"):
                 lq_all = np.where(q > 0, np.log(np.where(q > 0, q, 1.0)), 0.0)
                 self.avg_kl = (q * (lq_all - np.log(pi))).sum(axis=1)                      # (n,)
@@ -698,10 +697,6 @@ def _log_p(c) -> Estimate:
     if c.log_marginal is not None:
         return exact(c.log_marginal, c.rtol)
     return log_mean(c.log_p_big, "big", rtol=c.rtol, note=f"L_K, K = {c.big_k}")
-
-
-def _exact_or_none(c, what):
-    return None if getattr(c, what) is None else getattr(c, what)
 
 
 def _elbo_exact(c):
