@@ -35,6 +35,8 @@ from . import estimators, exact, flows, kl
 from .autoencoder import Autoencoder
 from .flows import Flow
 from .surgery import SurgeryResult, surgery
+from . import derivations
+from .derivations import trace
 
 __version__ = "0.1.0"
 
@@ -50,4 +52,5 @@ def get_num_threads() -> int:
 
 __all__ = ["VAE", "HVAE", "HElboResult", "Diffusion", "DiffusionElbo", "ElboResult", "History", "load", "datasets",
            "random", "mean_stderr", "set_num_threads", "get_num_threads", "__version__",
-           "exact", "kl", "estimators", "surgery", "SurgeryResult", "flows", "Flow", "Autoencoder"]
+           "exact", "kl", "estimators", "surgery", "SurgeryResult", "flows", "Flow", "Autoencoder",
+           "derivations", "trace"]
