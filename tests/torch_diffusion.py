@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torch_unet import TorchUNet
+
 DTYPE = torch.float64
 LOG_2PI = math.log(2.0 * math.pi)
 ACT = {"relu": torch.relu, "tanh": torch.tanh, "silu": F.silu, "softplus": F.softplus, "elu": F.elu,
@@ -56,14 +58,18 @@ def log_bin(lo, hi):
 
 class TorchDiffusion(nn.Module):
     def __init__(self, x_dim, betas, hidden, emb_dim, activation="silu", prediction="epsilon", variance="small",
-                 data="continuous"):
+                 data="continuous", unet=None):
         super().__init__()
         self.D, self.E = x_dim, emb_dim
-        dims = [x_dim + emb_dim, *hidden]
-        layers = {str(i): nn.Linear(dims[i], dims[i + 1], dtype=DTYPE) for i in range(len(hidden))}
-        layers["out"] = nn.Linear(dims[-1], x_dim, dtype=DTYPE)
-        self.net = nn.ModuleDict(layers)
-        self.n_hidden = len(hidden)
+        self.unet = unet is not None
+        if self.unet:  # unet: dict(image_shape, channels, groups): tests/torch_unet.py
+            self.net = TorchUNet(unet["image_shape"], unet["channels"], emb_dim, unet["groups"], act=ACT[activation])
+        else:
+            dims = [x_dim + emb_dim, *hidden]
+            layers = {str(i): nn.Linear(dims[i], dims[i + 1], dtype=DTYPE) for i in range(len(hidden))}
+            layers["out"] = nn.Linear(dims[-1], x_dim, dtype=DTYPE)
+            self.net = nn.ModuleDict(layers)
+            self.n_hidden = len(hidden)
         self.act = ACT[activation]
         self.prediction, self.variance, self.data = prediction, variance, data
         b = t64(betas)
@@ -92,10 +98,13 @@ class TorchDiffusion(nn.Module):
         return torch.cat([torch.sin(a), torch.cos(a)], 1)
 
     def eps_hat(self, xt, t):
-        h = torch.cat([xt, self.embed(t)], 1)
-        for i in range(self.n_hidden):
-            h = self.act(self.net[str(i)](h))
-        out = self.net["out"](h)
+        if self.unet:
+            out = self.net(xt, self.embed(t))
+        else:
+            h = torch.cat([xt, self.embed(t)], 1)
+            for i in range(self.n_hidden):
+                h = self.act(self.net[str(i)](h))
+            out = self.net["out"](h)
         ab = self.abar[t][:, None]
         if self.prediction == "epsilon":
             return out
@@ -157,5 +166,8 @@ class TorchDiffusion(nn.Module):
 def from_elbokit(model):
     c = model.config
     betas = model.betas
+    unet = None
+    if c.get("net") == "unet":
+        unet = dict(image_shape=c["image_shape"], channels=c["channels"], groups=c["groups"])
     return TorchDiffusion(c["x_dim"], betas, c["hidden"], c["emb_dim"], c["activation"], c["prediction"],
-                          c["variance"], c["data"]).load(model.parameters())
+                          c["variance"], c["data"], unet=unet).load(model.parameters())

@@ -36,21 +36,19 @@ void bind_diffusion_t(py::module_& m, const char* name) {
   py::class_<M> cls(m, name);
   bind_param_methods<T, M>(cls);
   cls
-      .def(py::init([](Index x_dim, std::vector<double> betas, std::vector<Index> hidden, Index emb_dim,
-                       std::string activation, std::string prediction, std::string variance, std::string data,
-                       uint64_t seed) {
+      .def(py::init([](Index x_dim, std::vector<double> betas, NetSpec net, Index emb_dim, std::string prediction,
+                       std::string variance, std::string data, uint64_t seed) {
              DiffusionConfig c;
              c.x_dim = x_dim;
              c.betas = std::move(betas);
-             c.net = mlp_spec(hidden, activation);
+             c.net = std::move(net);
              c.emb_dim = emb_dim;
              c.prediction = std::move(prediction);
              c.variance = std::move(variance);
              c.data = std::move(data);
              return new M(c, seed);
            }),
-           py::arg("x_dim"), py::arg("betas"), py::arg("hidden"), py::arg("emb_dim"), py::arg("activation"),
-           py::arg("prediction"), py::arg("variance"), py::arg("data"), py::arg("seed"))
+           py::arg("x_dim"), py::arg("betas"), py::arg("net"), py::arg("emb_dim"), py::arg("prediction"), py::arg("variance"), py::arg("data"), py::arg("seed"))
       .def("schedule", [](const M& v) { return schedule_dict(v.schedule()); },
            "{betas, alphas, alphas_cumprod, posterior_variance}: arrays (T) for t = 1 … T.")
       .def("sigma2", [](const M& v) {

@@ -102,3 +102,10 @@ def check_widths(name: str, v, allow_empty: bool = True) -> tuple:
     if not v and not allow_empty:
         raise ValueError(f"{name} must hold at least one positive integer, got ()")
     return tuple(check_int(f"{name}[{i}]", h, 1) for i, h in enumerate(v))
+
+
+def check_image_shape(name: str, v) -> tuple:
+    """(C, H, W): three positive integers, the shape of one image (channels first)."""
+    if v is None or isinstance(v, (str, bytes)) or not hasattr(v, "__len__") or len(v) != 3:
+        raise ValueError(f"{name} must be (C, H, W), three positive integers (channels, height, width), got {v!r}")
+    return tuple(check_int(f"{name}[{i}]", s, 1) for i, s in enumerate(v))

@@ -24,7 +24,7 @@ import numpy as np
 from . import _core
 from . import io as _io
 from ._fit import optimizer_options, run_fit
-from ._validation import DTYPES, as_array, as_matrix, check_choice, check_float, check_int
+from ._validation import DTYPES, as_array, as_matrix, check_choice, check_float, check_image_shape, check_int, check_widths
 from .results import mean_stderr
 from .vae import ACTIVATIONS, _check_nan, _ParamModel
 
@@ -36,6 +36,7 @@ VARIANCES = ("small", "large")
 DATA_KINDS = ("continuous", "discrete256")
 LOSSES = ("simple", "elbo", "hybrid")
 FORMS = ("denoising", "consistency")
+NETS = ("mlp", "unet")
 HYBRID_LAMBDA = float(_core.HYBRID_LAMBDA)
 
 
@@ -110,9 +111,26 @@ class Diffusion(_ParamModel):
     dtype : "float32" or "float64". seed : initial weights (torch.nn.Linear's default init).
     """
 
-    def __init__(self, x_dim: int, timesteps: int | None = None, schedule="linear", hidden=(256, 256, 256),
-                 prediction: str = "epsilon", variance: str = "small", data: str = "continuous",
-                 emb_dim: int = 32, activation: str = "silu", dtype: str = "float32", seed: int = 0):
+    def __init__(self, x_dim: int | None = None, timesteps: int | None = None, schedule="linear",
+                 hidden=(256, 256, 256), prediction: str = "epsilon", variance: str = "small",
+                 data: str = "continuous", emb_dim: int = 32, activation: str = "silu", dtype: str = "float32",
+                 seed: int = 0, net: str = "mlp", image_shape=None, channels=None, groups=None):
+        check_choice("net", net, NETS)
+        if net == "unet":
+            image_shape = check_image_shape("image_shape", image_shape)
+            D = int(np.prod(image_shape))
+            if x_dim is not None and check_int("x_dim", x_dim, 1) != D:
+                raise ValueError(f"x_dim must equal C·H·W = {D} for image_shape {image_shape}, got {x_dim}")
+            x_dim = D
+            channels = (32, 64) if channels is None else channels
+            channels = check_widths("channels", channels, allow_empty=True)
+            groups = check_int("groups", 8 if groups is None else groups, 1)
+        else:
+            for name, v in (("image_shape", image_shape), ("channels", channels), ("groups", groups)):
+                if v is not None:
+                    raise ValueError(f"{name} is an option of net='unet', got {name}={v!r} with net='mlp'")
+            if x_dim is None:
+                raise ValueError("x_dim must be a positive integer (the data dimension), got None")
         x_dim = check_int("x_dim", x_dim, 1)
         if isinstance(schedule, str):
             check_choice("schedule", schedule, SCHEDULES)
@@ -150,9 +168,15 @@ class Diffusion(_ParamModel):
         self.config = dict(x_dim=x_dim, timesteps=T, schedule=sched_cfg, hidden=list(hidden), prediction=prediction,
                            variance=variance, data=data, emb_dim=emb_dim, activation=activation, dtype=dtype,
                            seed=seed)
+        if net == "unet":
+            self.config.update(net=net, image_shape=list(image_shape), channels=list(channels), groups=groups)
+            spec = _core.NetSpec("unet", list(channels), activation, "channels", list(image_shape))
+            spec.groups = groups
+        else:
+            spec = _core.NetSpec("mlp", list(hidden), activation, "hidden")
         self._np_dtype = DTYPES[dtype]
         cls = _core.Diffusion_f32 if dtype == "float32" else _core.Diffusion_f64
-        self._core = cls(x_dim, betas.tolist(), list(hidden), emb_dim, activation, prediction, variance, data, seed)
+        self._core = cls(x_dim, betas.tolist(), spec, emb_dim, prediction, variance, data, seed)
         self._init_layout()
         s = self._core.schedule()
         self.betas = s["betas"]                       # (T,) beta_t, t = 1 ... T
@@ -175,8 +199,10 @@ class Diffusion(_ParamModel):
     def __repr__(self) -> str:
         c = self.config
         sched = c["schedule"] if isinstance(c["schedule"], str) else "custom"
+        net = (f"net='unet', image_shape={tuple(c['image_shape'])}, channels={tuple(c['channels'])}, "
+               f"groups={c['groups']}" if c.get("net") == "unet" else f"hidden={tuple(c['hidden'])}")
         return (f"Diffusion(x_dim={c['x_dim']}, timesteps={c['timesteps']}, schedule={sched!r}, "
-                f"hidden={tuple(c['hidden'])}, prediction={c['prediction']!r}, variance={c['variance']!r}, "
+                f"{net}, prediction={c['prediction']!r}, variance={c['variance']!r}, "
                 f"data={c['data']!r}, dtype={c['dtype']!r}) with {self.num_parameters} parameters")
 
     # -- inputs ---------------------------------------------------------------------------------
