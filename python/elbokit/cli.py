@@ -25,6 +25,7 @@ import math
 import os
 import platform
 import sys
+import textwrap
 import time
 
 import numpy as np
@@ -61,6 +62,11 @@ def _number(kind, minimum, strict: bool = False):
         return v
     parse.__name__ = "integer" if kind is int else "number"  # argparse names the type in some errors
     return parse
+
+
+def _dataset_name(text: str) -> str:
+    """A data set's name, hyphens read as underscores (fashion-mnist = fashion_mnist)."""
+    return text.replace("-", "_")
 
 
 _positive_int = _number(int, 1)
@@ -127,8 +133,14 @@ def build_hvae(args, x_dim: int):
        arguments=[
            (("--timesteps",), dict(type=_positive_int, default=1000, metavar="T", help="diffusion steps (default 1000)")),
            (("--schedule",), dict(choices=("linear", "cosine"), default="linear", help="noise schedule (default linear)")),
+           (("--net",), dict(choices=("mlp", "unet"), default="mlp",
+                             help="denoising network: an MLP on concat(x_t, emb(t)), or a U-Net on images (default mlp)")),
            (("--hidden",), dict(type=_positive_int, nargs="*", default=[256, 256, 256], metavar="H",
                                 help="hidden widths of the denoising MLP (default 256 256 256)")),
+           (("--channels",), dict(type=_positive_int, nargs="+", default=None, metavar="C",
+                                  help="--net unet: channels per resolution (default 32 64)")),
+           (("--groups",), dict(type=_positive_int, default=None,
+                                help="--net unet: GroupNorm groups, dividing every channel count (default 8)")),
            (("--prediction",), dict(choices=("epsilon", "x0", "v"), default="epsilon", help="network output (default epsilon)")),
            (("--variance",), dict(choices=("small", "large"), default="large", help="decoder variance (default large)")),
            (("--loss",), dict(choices=("simple", "elbo", "hybrid"), default="simple", help="training loss (default simple)")),
@@ -141,15 +153,25 @@ def build_diffusion(args, x_dim: int):  # noqa: D103
     from .diffusion import Diffusion
 
     data = "discrete256" if args.data == "fashion_mnist" else "continuous"
+    net = {}
+    if args.net == "unet":
+        if args.data not in IMAGE_SHAPES:
+            raise UsageError(f"--net unet needs image data ({', '.join(IMAGE_SHAPES)}), got --data {args.data}")
+        net = dict(net="unet", image_shape=(1, *IMAGE_SHAPES[args.data]), channels=tuple(args.channels or (32, 64)),
+                   groups=args.groups or 8)
+    elif args.channels is not None or args.groups is not None:
+        raise UsageError("--channels and --groups are options of --net unet")
     return Diffusion(x_dim, timesteps=args.timesteps, schedule=args.schedule, hidden=tuple(args.hidden),
-                     prediction=args.prediction, variance=args.variance, data=data, dtype=args.dtype, seed=args.seed)
+                     prediction=args.prediction, variance=args.variance, data=data, dtype=args.dtype, seed=args.seed,
+                     **net)
 
 
 # -- the parser -----------------------------------------------------------------------------------
 def _add_training_options(p: argparse.ArgumentParser, data_choices, default_out: str, epochs: int = 30) -> None:
     """Options shared by every model: data, training, evaluation, output."""
     g = p.add_argument_group("data and output")
-    g.add_argument("--data", choices=data_choices, default="digits", help="data set (default digits)")
+    g.add_argument("--data", type=_dataset_name, choices=data_choices, default="digits",
+                   help="data set (default digits; fashion-mnist and fashion_mnist are the same)")
     g.add_argument("--out", default=default_out, help=f"output folder, created if needed (default {default_out})")
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=_positive_int, default=epochs,
@@ -207,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
                                            "held-out average KL to the prior into the marginal KL and the mutual "
                                            "information (MATH.md section 4), with standard errors.")
     surg.add_argument("model_file", metavar="MODEL", help="a saved model file (model.elbokit)")
-    surg.add_argument("--data", choices=datasets.DATASETS, default="digits", help="data set (default digits)")
+    surg.add_argument("--data", type=_dataset_name, choices=datasets.DATASETS, default="digits", help="data set (default digits)")
     surg.add_argument("--n-samples", type=_positive_int, default=8, help="samples z ~ q(z|x) per point (default 8)")
     surg.add_argument("--seed", type=_count, default=0, help="seed of the samples (default 0)")
     surg.add_argument("--json", default=None, metavar="PATH", help="also write the numbers to this JSON file")
@@ -222,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("derivation", metavar="DERIVATION", nargs="?", help="a derivation's name (see --list)")
     tr.add_argument("--list", action="store_true", help="list the derivations and the models each is traced on")
     tr.add_argument("--model", dest="model_file", metavar="FILE", help="a saved model file (model.elbokit)")
-    tr.add_argument("--data", choices=datasets.DATASETS, default="digits", help="data set (default digits)")
+    tr.add_argument("--data", type=_dataset_name, choices=datasets.DATASETS, default="digits", help="data set (default digits)")
     tr.add_argument("--n", type=_positive_int, default=64, help="held-out points traced (default 64)")
     tr.add_argument("--n-samples", type=_positive_int, default=32, help="Monte-Carlo samples per point (default 32)")
     tr.add_argument("--seed", type=_count, default=0, help="seed of the samples (default 0)")
@@ -413,7 +435,7 @@ def _train_diffusion(args) -> int:
         plots.plot_images((np.clip(traj[idx, 0], -1, 1) + 1) / 2, shape=image_shape, ax=ax[2], vmin=0, vmax=1,
                           title="one trajectory, x_T -> x_0")
     ax[1].set_title(f"samples ({method}, {len(steps) - 1} steps)")
-    fig.suptitle(f"{net!r}\nheld-out ELBO {res.mean():.3f} ± {res.stderr():.3f} nats, {res.bits_per_dim():.3f} bits/dim")
+    fig.suptitle(textwrap.fill(repr(net), 110) + f"\nheld-out ELBO {res.mean():.3f} ± {res.stderr():.3f} nats, {res.bits_per_dim():.3f} bits/dim")
     plots.save_figure(fig, paths["report.png"])
     plots.close(fig)
     rec, prior = mean_stderr(res.reconstruction), mean_stderr(res.prior)
