@@ -1,0 +1,406 @@
+// elbokit/conv.hpp: the image layers, each a forward/backward pair: Conv2d, ConvTranspose2d, nearest
+// upsampling ×2 and GroupNorm, with torch.nn's semantics and parameter layouts.
+//
+// Shapes: B batch, C input channels, O output channels, H×W input sides, Ho×Wo output sides,
+// k kernel side, G groups, P = Ho·Wo output positions, K = C·k·k patch length. Tensors are NCHW
+// (a row of a (B, features) matrix is one example, features = C·H·W). Backward functions
+// *accumulate* (+=) into parameter gradients and into input gradients (nullptr: not needed).
+//
+// Parallelism and determinism (common.hpp: threading policy). Forward passes and input gradients
+// run in parallel over examples: an example's result never depends on the thread that computed it.
+// Parameter gradients are reduced over the batch in fixed chunks of examples (conv_chunks: their
+// count depends on B alone); each chunk sums its examples in order into its own partial, and the
+// partials are added in chunk order: bit-identical results for any number of threads.
+//
+// Scheme: im2col + GEMM (gemm.hpp) per example, the patches in a per-thread buffer of the caller's
+// ConvWork (kept in the module's cache: no allocation per step). Conv2d's forward is
+// y_b (O, P) = W (O, K) · col(x_b) (K, P) + bias; ConvTranspose2d is the adjoint of a Conv2d from
+// its output to its input: col (K', P_in) = Wᵀ · x_b, then col2im into y_b.
+#pragma once
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "elbokit/common.hpp"
+#include "elbokit/gemm.hpp"
+
+namespace elbokit {
+
+// The geometry of a convolution from a (C, H, W) image: kernel k, stride s, padding p;
+// output sides Ho = ⌊(H + 2p − k)/s⌋ + 1, Wo likewise (torch.nn.Conv2d, dilation 1).
+struct ConvGeom {
+  Index C = 0, H = 0, W = 0, k = 1, stride = 1, pad = 0;
+  Index Ho() const { return (H + 2 * pad - k) / stride + 1; }
+  Index Wo() const { return (W + 2 * pad - k) / stride + 1; }
+  Index patch() const { return C * k * k; }  // K
+  Index positions() const { return Ho() * Wo(); }  // P
+  Index in_size() const { return C * H * W; }
+};
+
+// Checks a geometry: positive sizes, a kernel that fits the padded image, and (exact = true) an
+// image whose sides the stride divides exactly, (H + 2p − k) % s = 0, so that no row or column of
+// the input is silently dropped. `what` names the layer in the message.
+inline void check_conv_geom(const ConvGeom& g, const std::string& what, bool exact) {
+  auto s = [](Index v) { return std::to_string(v); };
+  if (g.C <= 0 || g.H <= 0 || g.W <= 0)
+    fail(what + ": the input must have positive channels and sides, got (" + s(g.C) + ", " + s(g.H) + ", " +
+         s(g.W) + ")");
+  if (g.k <= 0) fail(what + ": kernel_size must be positive, got " + s(g.k));
+  if (g.stride != 1 && g.stride != 2) fail(what + ": stride must be 1 or 2, got " + s(g.stride));
+  if (g.pad < 0 || g.pad >= g.k) fail(what + ": padding must be in [0, kernel_size), got " + s(g.pad));
+  if (g.H + 2 * g.pad < g.k || g.W + 2 * g.pad < g.k)
+    fail(what + ": kernel_size " + s(g.k) + " does not fit the padded input " + s(g.H + 2 * g.pad) + "x" +
+         s(g.W + 2 * g.pad));
+  if (exact && ((g.H + 2 * g.pad - g.k) % g.stride || (g.W + 2 * g.pad - g.k) % g.stride))
+    fail(what + ": stride " + s(g.stride) + " does not fit the input " + s(g.H) + "x" + s(g.W) + " (kernel " +
+         s(g.k) + ", padding " + s(g.pad) + "): H + 2·padding − kernel_size must be a multiple of the stride");
+}
+
+// ---- Work buffers and the batch's chunks ---------------------------------------------------
+
+// Per-thread patch buffers and the parameter gradients' per-chunk partials, reused between calls.
+template <class T>
+struct ConvWork {
+  std::vector<T> cols;      // (threads, K·P): one patch matrix per thread
+  std::vector<T> partials;  // (chunks, parameter count): one gradient partial per chunk
+  Index per_thread = 0;
+  T* col() { return cols.data() + Index(thread_slot()) * per_thread; }  // this thread's (ensure_cols first)
+  void ensure_cols(Index n) {
+    const Index need = Index(max_threads()) * n;
+    if (Index(cols.size()) < need) cols.resize(need);
+    per_thread = n;
+  }
+  T* ensure_partials(Index chunks, Index n) {
+    if (Index(partials.size()) < chunks * n) partials.resize(chunks * n);
+    std::fill(partials.begin(), partials.begin() + chunks * n, T(0));
+    return partials.data();
+  }
+};
+
+// The batch's reduction chunks: min(B, kConvChunks) chunks of balanced sizes (B alone decides).
+constexpr Index kConvChunks = 16;
+struct Chunks {
+  Index count = 1, B = 0;
+  explicit Chunks(Index B_) : count(std::max<Index>(1, std::min(B_, kConvChunks))), B(B_) {}
+  Index begin(Index c) const { return c * B / count; }
+  Index end(Index c) const { return (c + 1) * B / count; }
+};
+
+// Sums the chunk partials (count, stride), their first n entries, in chunk order into dst (n):
+// the deterministic reduction.
+template <class T>
+void add_partials(T* dst, const T* partials, Index count, Index n, Index stride) {
+  for (Index c = 0; c < count; ++c) {
+    const T* src = partials + c * stride;
+    for (Index i = 0; i < n; ++i) dst[i] += src[i];
+  }
+}
+
+// Parallel over examples only when the work pays for waking a thread (common.hpp: kParallelFlops).
+inline bool conv_parallel(double flops, Index units) { return units > 1 && flops > kParallelFlops; }
+
+// ---- im2col / col2im -----------------------------------------------------------------------
+
+// im2col: col (K, P), row (c·k + i)·k + j, column oh·Wo + ow, = x (C, H, W) at
+// (c, oh·s − p + i, ow·s − p + j), or 0 outside the image.
+template <class T>
+void im2col(T* col, const T* x, const ConvGeom& g) {
+  const Index Ho = g.Ho(), Wo = g.Wo(), k = g.k, s = g.stride, p = g.pad;
+  for (Index c = 0; c < g.C; ++c)
+    for (Index i = 0; i < k; ++i)
+      for (Index j = 0; j < k; ++j) {
+        T* row = col + ((c * k + i) * k + j) * Ho * Wo;
+        // the output columns whose input column ow·s − p + j lies in [0, W)
+        const Index ow0 = std::min(Wo, std::max<Index>(0, ceil_div(p - j, s)));
+        const Index ow1 = std::max(ow0, std::min(Wo, (g.W - 1 + p - j) / s + 1));
+        for (Index oh = 0; oh < Ho; ++oh) {
+          T* r = row + oh * Wo;
+          const Index ih = oh * s - p + i;
+          if (ih < 0 || ih >= g.H) {
+            std::fill(r, r + Wo, T(0));
+            continue;
+          }
+          const T* xr = x + (c * g.H + ih) * g.W - p + j;
+          for (Index ow = 0; ow < ow0; ++ow) r[ow] = T(0);
+          if (s == 1)
+            std::copy(xr + ow0, xr + ow1, r + ow0);
+          else
+            for (Index ow = ow0; ow < ow1; ++ow) r[ow] = xr[ow * s];
+          for (Index ow = ow1; ow < Wo; ++ow) r[ow] = T(0);
+        }
+      }
+}
+
+// col2im: the adjoint of im2col: x (C, H, W) += the entries of col (K, P) at their image positions.
+template <class T>
+void col2im(T* x, const T* col, const ConvGeom& g) {
+  const Index Ho = g.Ho(), Wo = g.Wo(), k = g.k, s = g.stride, p = g.pad;
+  for (Index c = 0; c < g.C; ++c)
+    for (Index i = 0; i < k; ++i)
+      for (Index j = 0; j < k; ++j) {
+        const T* row = col + ((c * k + i) * k + j) * Ho * Wo;
+        const Index ow0 = std::min(Wo, std::max<Index>(0, ceil_div(p - j, s)));
+        const Index ow1 = std::max(ow0, std::min(Wo, (g.W - 1 + p - j) / s + 1));
+        for (Index oh = 0; oh < Ho; ++oh) {
+          const Index ih = oh * s - p + i;
+          if (ih < 0 || ih >= g.H) continue;
+          const T* r = row + oh * Wo;
+          T* xr = x + (c * g.H + ih) * g.W - p + j;
+          if (s == 1)
+            for (Index ow = ow0; ow < ow1; ++ow) xr[ow] += r[ow];
+          else
+            for (Index ow = ow0; ow < ow1; ++ow) xr[ow * s] += r[ow];
+        }
+      }
+}
+
+// ---- Conv2d --------------------------------------------------------------------------------
+
+// conv2d_forward: out (B, O, Ho, Wo) = conv(inp (B, C, H, W), weight (O, C, k, k)) + bias (O) or no
+// bias (nullptr), geometry g (torch.nn.Conv2d).
+template <class T>
+void conv2d_forward(T* out, const T* inp, const T* weight, const T* bias, Index B, const ConvGeom& g, Index O,
+                    ConvWork<T>& w) {
+  const Index K = g.patch(), P = g.positions(), I = g.in_size();
+  w.ensure_cols(K * P);
+#pragma omp parallel for schedule(static) if (conv_parallel(2.0 * B * O * K * P, B))
+  for (Index b = 0; b < B; ++b) {
+    T* col = w.col();  // (K, P)
+    T* y = out + b * O * P;  // (O, P)
+    im2col(col, inp + b * I, g);
+    gemm<T>(false, false, O, P, K, weight, K, col, P, T(0), y, P);  // W (O, K) · col (K, P)
+    if (bias)
+      for (Index o = 0; o < O; ++o)
+        for (Index q = 0; q < P; ++q) y[o * P + q] += bias[o];
+  }
+}
+
+// conv2d_backward, given dout (B, O, Ho, Wo) = ∂J/∂out:
+//   dweight (O, K) += Σ_b dout_b (O, P) · col(x_b)ᵀ (P, K)
+//   dbias (O)      += Σ_b Σ_q dout_b[:, q]
+//   dinp_b (C, H, W) += col2im(Wᵀ (K, O) · dout_b (O, P))
+template <class T>
+void conv2d_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight, Index B,
+                     const ConvGeom& g, Index O, ConvWork<T>& w) {
+  const Index K = g.patch(), P = g.positions(), I = g.in_size();
+  const Index NP = O * K + O;  // one chunk's partial: dweight (O, K), dbias (O)
+  const Chunks ch(B);
+  w.ensure_cols(K * P);
+  T* part = w.ensure_partials(ch.count, NP);
+#pragma omp parallel for schedule(dynamic, 1) if (conv_parallel(4.0 * B * O * K * P, ch.count))
+  for (Index c = 0; c < ch.count; ++c) {
+    T* col = w.col();
+    T* dw = part + c * NP;  // (O, K)
+    T* db = dw + O * K;     // (O)
+    for (Index b = ch.begin(c); b < ch.end(c); ++b) {
+      const T* dy = dout + b * O * P;  // (O, P)
+      im2col(col, inp + b * I, g);
+      gemm<T>(false, true, O, K, P, dy, P, col, P, T(1), dw, K);  // += dy (O, P) · colᵀ (P, K)
+      for (Index o = 0; o < O; ++o) {
+        T s = 0;
+        for (Index q = 0; q < P; ++q) s += dy[o * P + q];
+        db[o] += s;
+      }
+      if (dinp) {
+        gemm<T>(true, false, K, P, O, weight, K, dy, P, T(0), col, P);  // dcol (K, P) = Wᵀ · dy
+        col2im(dinp + b * I, col, g);
+      }
+    }
+  }
+  if (dweight) add_partials(dweight, part, ch.count, O * K, NP);
+  if (dbias) add_partials(dbias, part + O * K, ch.count, O, NP);
+}
+
+// ---- ConvTranspose2d -----------------------------------------------------------------------
+
+// The transposed convolution from (C_in, H, W) to (C_out, Ho, Wo), Ho = (H − 1)·s − 2p + k
+// (output_padding 0) is the adjoint of the Conv2d with geometry out_geom: from (C_out, Ho, Wo),
+// kernel k, stride s, padding p, back to (H, W).
+inline ConvGeom conv_transpose_geom(Index C_out, Index H, Index W, Index k, Index stride, Index pad) {
+  ConvGeom g;
+  g.C = C_out;
+  g.H = (H - 1) * stride - 2 * pad + k;
+  g.W = (W - 1) * stride - 2 * pad + k;
+  g.k = k;
+  g.stride = stride;
+  g.pad = pad;
+  return g;
+}
+
+// conv_transpose2d_forward: out (B, C_out, Ho, Wo) = conv_transpose(inp (B, C_in, H, W),
+// weight (C_in, C_out, k, k)) + bias (C_out) or nullptr (torch.nn.ConvTranspose2d), where
+// og = conv_transpose_geom(C_out, H, W, k, s, p) (so og.Ho() = H, og.Wo() = W):
+//   col (K', P) = Wᵀ (K', C_in) · x_b (C_in, P), K' = C_out·k·k, P = H·W; out_b = col2im(col) + bias.
+template <class T>
+void conv_transpose2d_forward(T* out, const T* inp, const T* weight, const T* bias, Index B, Index C_in,
+                              const ConvGeom& og, ConvWork<T>& w) {
+  const Index K = og.patch(), P = og.positions(), N = og.in_size(), HW = og.H * og.W;
+  w.ensure_cols(K * P);
+#pragma omp parallel for schedule(static) if (conv_parallel(2.0 * B * C_in * K * P, B))
+  for (Index b = 0; b < B; ++b) {
+    T* col = w.col();  // (K', P)
+    T* y = out + b * N;     // (C_out, Ho, Wo)
+    gemm<T>(true, false, K, P, C_in, weight, K, inp + b * C_in * P, P, T(0), col, P);
+    for (Index c = 0; c < og.C; ++c) std::fill(y + c * HW, y + (c + 1) * HW, bias ? bias[c] : T(0));
+    col2im(y, col, og);
+  }
+}
+
+// conv_transpose2d_backward, given dout (B, C_out, Ho, Wo) = ∂J/∂out, with dcol_b = col(dout_b) (K', P):
+//   dinp_b (C_in, P)    += W (C_in, K') · dcol_b
+//   dweight (C_in, K')  += Σ_b x_b (C_in, P) · dcol_bᵀ (P, K')
+//   dbias (C_out)       += Σ_b Σ_positions dout_b[c]
+template <class T>
+void conv_transpose2d_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight,
+                               Index B, Index C_in, const ConvGeom& og, ConvWork<T>& w) {
+  const Index K = og.patch(), P = og.positions(), N = og.in_size(), HW = og.H * og.W, Co = og.C;
+  const Index NP = C_in * K + Co;
+  const Chunks ch(B);
+  w.ensure_cols(K * P);
+  T* part = w.ensure_partials(ch.count, NP);
+#pragma omp parallel for schedule(dynamic, 1) if (conv_parallel(4.0 * B * C_in * K * P, ch.count))
+  for (Index c = 0; c < ch.count; ++c) {
+    T* col = w.col();
+    T* dw = part + c * NP;  // (C_in, K')
+    T* db = dw + C_in * K;  // (C_out)
+    for (Index b = ch.begin(c); b < ch.end(c); ++b) {
+      const T* dy = dout + b * N;
+      const T* x = inp + b * C_in * P;
+      im2col(col, dy, og);
+      gemm<T>(false, true, C_in, K, P, x, P, col, P, T(1), dw, K);  // += x (C_in, P) · dcolᵀ (P, K')
+      for (Index o = 0; o < Co; ++o) {
+        T s = 0;
+        for (Index q = 0; q < HW; ++q) s += dy[o * HW + q];
+        db[o] += s;
+      }
+      if (dinp) gemm<T>(false, false, C_in, P, K, weight, K, col, P, T(1), dinp + b * C_in * P, P);
+    }
+  }
+  if (dweight) add_partials(dweight, part, ch.count, C_in * K, NP);
+  if (dbias) add_partials(dbias, part + C_in * K, ch.count, Co, NP);
+}
+
+// ---- Nearest upsampling ×2 -----------------------------------------------------------------
+
+// upsample2_forward: out (B, C, 2H, 2W)[c, 2i + a, 2j + e] = inp (B, C, H, W)[c, i, j]
+// (torch.nn.Upsample(scale_factor=2, mode="nearest")).
+template <class T>
+void upsample2_forward(T* out, const T* inp, Index B, Index C, Index H, Index W) {
+  const Index W2 = 2 * W;
+#pragma omp parallel for schedule(static) if (conv_parallel(8.0 * B * C * H * W, B))
+  for (Index b = 0; b < B; ++b)
+    for (Index c = 0; c < C; ++c)
+      for (Index i = 0; i < H; ++i) {
+        const T* x = inp + ((b * C + c) * H + i) * W;
+        T* y = out + ((b * C + c) * 2 * H + 2 * i) * W2;
+        for (Index j = 0; j < W; ++j) y[2 * j] = y[2 * j + 1] = x[j];
+        std::copy(y, y + W2, y + W2);
+      }
+}
+
+// upsample2_backward: dinp (B, C, H, W)[c, i, j] += Σ_{a, e ∈ {0, 1}} dout (B, C, 2H, 2W)[c, 2i + a, 2j + e].
+template <class T>
+void upsample2_backward(T* dinp, const T* dout, Index B, Index C, Index H, Index W) {
+  const Index W2 = 2 * W;
+#pragma omp parallel for schedule(static) if (conv_parallel(8.0 * B * C * H * W, B))
+  for (Index b = 0; b < B; ++b)
+    for (Index c = 0; c < C; ++c)
+      for (Index i = 0; i < H; ++i) {
+        T* dx = dinp + ((b * C + c) * H + i) * W;
+        const T* d0 = dout + ((b * C + c) * 2 * H + 2 * i) * W2;
+        const T* d1 = d0 + W2;
+        for (Index j = 0; j < W; ++j) dx[j] += (d0[2 * j] + d0[2 * j + 1]) + (d1[2 * j] + d1[2 * j + 1]);
+      }
+}
+
+// ---- GroupNorm -----------------------------------------------------------------------------
+
+constexpr double kGroupNormEps = 1e-5;  // torch.nn.GroupNorm's default
+
+inline void check_groups(Index C, Index G, const std::string& what) {
+  if (G <= 0 || C % G != 0)
+    fail(what + ": num_groups must be a positive divisor of the channels " + std::to_string(C) + ", got " +
+         std::to_string(G));
+}
+
+// group_norm_forward (torch.nn.GroupNorm(G, C, eps, affine=True)): per example b and group g of
+// the C/G channels c ∈ g, over the N = (C/G)·H·W entries of the group,
+//   mean_bg = Σ x / N,  var_bg = Σ (x − mean)² / N (biased),  rstd_bg = 1/√(var_bg + eps),
+//   out (B, C, H, W) = (x − mean_bg)·rstd_bg·weight[c] + bias[c].
+// Saves mean, rstd (B, G) for the backward; the sums run in double.
+template <class T>
+void group_norm_forward(T* out, T* mean, T* rstd, const T* inp, const T* weight, const T* bias, Index B, Index C,
+                        Index HW, Index G, double eps = kGroupNormEps) {
+  const Index Cg = C / G, N = Cg * HW;
+#pragma omp parallel for schedule(static) if (conv_parallel(8.0 * B * C * HW, B))
+  for (Index b = 0; b < B; ++b)
+    for (Index g = 0; g < G; ++g) {
+      const T* x = inp + (b * C + g * Cg) * HW;  // (Cg, HW)
+      T* y = out + (b * C + g * Cg) * HW;
+      double s = 0;
+      for (Index i = 0; i < N; ++i) s += double(x[i]);
+      const double m = s / double(N);
+      double v = 0;
+      for (Index i = 0; i < N; ++i) {
+        const double d = double(x[i]) - m;
+        v += d * d;
+      }
+      const double r = 1.0 / std::sqrt(v / double(N) + eps);
+      mean[b * G + g] = T(m);
+      rstd[b * G + g] = T(r);
+      for (Index c = 0; c < Cg; ++c) {
+        const Index ch = g * Cg + c;
+        const T a = T(r * double(weight[ch])), sh = T(double(bias[ch]) - m * r * double(weight[ch]));
+        for (Index q = 0; q < HW; ++q) y[c * HW + q] = x[c * HW + q] * a + sh;
+      }
+    }
+}
+
+// group_norm_backward, given dout (B, C, H, W) and the saved mean, rstd (B, G), with
+// x̂ = (x − mean)·rstd and dx̂ = dout·weight[c]:
+//   dinp   += rstd · (dx̂ − mean_group(dx̂) − x̂ · mean_group(dx̂ · x̂))
+//   dweight (C) += Σ_b Σ_positions dout · x̂,   dbias (C) += Σ_b Σ_positions dout
+// The parameter gradients go through per-example partials (B, 2C) added in example order.
+template <class T>
+void group_norm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* mean, const T* rstd,
+                         const T* weight, Index B, Index C, Index HW, Index G, ConvWork<T>& w) {
+  const Index Cg = C / G, N = Cg * HW;
+  T* part = w.ensure_partials(B, 2 * C);  // (B, 2C): Σ dout·x̂ then Σ dout, per channel
+#pragma omp parallel for schedule(static) if (conv_parallel(12.0 * B * C * HW, B))
+  for (Index b = 0; b < B; ++b)
+    for (Index g = 0; g < G; ++g) {
+      const Index off = (b * C + g * Cg) * HW;
+      const T* x = inp + off;
+      const T* dy = dout + off;
+      const double m = double(mean[b * G + g]), r = double(rstd[b * G + g]);
+      double s1 = 0, s2 = 0;  // Σ dx̂, Σ dx̂·x̂ over the group
+      for (Index c = 0; c < Cg; ++c) {
+        const Index ch = g * Cg + c;
+        double sy = 0, syx = 0;
+        for (Index q = 0; q < HW; ++q) {
+          const double d = double(dy[c * HW + q]), xh = (double(x[c * HW + q]) - m) * r;
+          sy += d;
+          syx += d * xh;
+        }
+        part[b * 2 * C + ch] = T(syx);
+        part[b * 2 * C + C + ch] = T(sy);
+        s1 += sy * double(weight[ch]);
+        s2 += syx * double(weight[ch]);
+      }
+      if (!dinp) continue;
+      const double m1 = s1 / double(N), m2 = s2 / double(N);
+      T* dx = dinp + off;
+      for (Index c = 0; c < Cg; ++c) {
+        const double wc = double(weight[g * Cg + c]);
+        for (Index q = 0; q < HW; ++q) {
+          const double xh = (double(x[c * HW + q]) - m) * r;
+          dx[c * HW + q] += T(r * (double(dy[c * HW + q]) * wc - m1 - xh * m2));
+        }
+      }
+    }
+  if (dweight) add_partials(dweight, part, B, C, 2 * C);
+  if (dbias) add_partials(dbias, part + C, B, C, 2 * C);
+}
+
+}  // namespace elbokit
