@@ -12,4 +12,5 @@ void bind_flows(pybind11::module_& m);
 void bind_autoencoder(pybind11::module_& m);
 void bind_surgery(pybind11::module_& m);
 void bind_kernels(pybind11::module_& m);
+void bind_conv(pybind11::module_& m);
 }  // namespace elbokit_py

@@ -25,4 +25,5 @@ PYBIND11_MODULE(_core, m) {
   elbokit_py::bind_autoencoder(m);
   elbokit_py::bind_surgery(m);
   elbokit_py::bind_kernels(m);
+  elbokit_py::bind_conv(m);
 }
