@@ -198,8 +198,8 @@ def test_bad_input_raises_value_errors():
         ek.Diffusion(0)
     with pytest.raises(ValueError, match="prediction must be one of 'epsilon', 'x0', 'v', got 'score'"):
         ek.Diffusion(2, prediction="score")
-    with pytest.raises(ValueError, match="variance must be one of 'small', 'large', got 'learned'"):
-        ek.Diffusion(2, variance="learned")
+    with pytest.raises(ValueError, match="variance must be one of 'small', 'large', 'learned', got 'fixed'"):
+        ek.Diffusion(2, variance="fixed")
     with pytest.raises(ValueError, match="emb_dim must be an even integer >= 2, got 5"):
         ek.Diffusion(2, emb_dim=5)
     m = ek.Diffusion(2, timesteps=10, hidden=(4,))

@@ -65,10 +65,13 @@ def test_parameters_have_the_torch_unet_names_and_shapes():
     assert np.abs(w).max() <= 1 / np.sqrt(4 * 9) and np.abs(w).max() > 0.8 / np.sqrt(4 * 9)
 
 
-@pytest.mark.parametrize("prediction,data,kind", [("epsilon", "continuous", "simple"), ("epsilon", "continuous", "elbo"),
-                                                  ("v", "continuous", "hybrid"), ("x0", "discrete256", "elbo")])
-def test_loss_gradient_matches_finite_differences_and_torch(prediction, data, kind, rng):
-    m = make(prediction=prediction, data=data, variance="large")
+@pytest.mark.parametrize("prediction,data,kind,variance", [
+    ("epsilon", "continuous", "simple", "large"), ("epsilon", "continuous", "elbo", "small"),
+    ("v", "continuous", "hybrid", "large"), ("x0", "discrete256", "elbo", "large"),
+    ("epsilon", "continuous", "elbo", "learned"), ("epsilon", "discrete256", "elbo", "learned")])
+def test_loss_gradient_matches_finite_differences_and_torch(prediction, data, kind, variance, rng):
+    """With variance="learned" the U-Net has 2·C output channels: the prediction, then v."""
+    m = make(prediction=prediction, data=data, variance=variance)
     x, t, eps = batch(rng, data)
     J, g = m.loss_grad(x, t, eps, kind)
     gf = flat_grad(m, g)

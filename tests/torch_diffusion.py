@@ -3,7 +3,9 @@
 Written the plain PyTorch way (nn.Linear in a ModuleDict, autograd) from the math, independently
 of the engine: the sinusoidal embedding, the three predictions turned into eps_hat, the schedule,
 the simple / ELBO / hybrid losses (with the discretized Gaussian at t = 1 for 256-level data) and
-the denoising-form ELBO for given noise.
+the denoising-form ELBO for given noise. variance="learned" (improved DDPM): net.out has 2 * x_dim
+outputs, the prediction then v, log sigma^2 = v log beta_t + (1 - v) log beta~_t (beta~_1 -> beta~_2)
+per example and dimension; the hybrid loss detaches the mean in its ELBO term.
 """
 import math
 
@@ -62,12 +64,15 @@ class TorchDiffusion(nn.Module):
         super().__init__()
         self.D, self.E = x_dim, emb_dim
         self.unet = unet is not None
+        out_dim = 2 * x_dim if variance == "learned" else x_dim
         if self.unet:  # unet: dict(image_shape, channels, groups): tests/torch_unet.py
-            self.net = TorchUNet(unet["image_shape"], unet["channels"], emb_dim, unet["groups"], act=ACT[activation])
+            C = unet["image_shape"][0]
+            self.net = TorchUNet(unet["image_shape"], unet["channels"], emb_dim, unet["groups"],
+                                 out_channels=out_dim // x_dim * C, act=ACT[activation])
         else:
             dims = [x_dim + emb_dim, *hidden]
             layers = {str(i): nn.Linear(dims[i], dims[i + 1], dtype=DTYPE) for i in range(len(hidden))}
-            layers["out"] = nn.Linear(dims[-1], x_dim, dtype=DTYPE)
+            layers["out"] = nn.Linear(dims[-1], out_dim, dtype=DTYPE)
             self.net = nn.ModuleDict(layers)
             self.n_hidden = len(hidden)
         self.act = ACT[activation]
@@ -97,14 +102,22 @@ class TorchDiffusion(nn.Module):
         a = t.to(DTYPE)[:, None] * f[None, :]
         return torch.cat([torch.sin(a), torch.cos(a)], 1)
 
-    def eps_hat(self, xt, t):
+    def log_sigma2(self, t, v):
+        """learned: v log beta_t + (1 - v) log beta~_t, beta~_1 clipped to beta~_2 (B, D)."""
+        lmin = torch.log(self.btilde[torch.where(t == 1, torch.full_like(t, 2), t)])[:, None]
+        return v * torch.log(self.beta[t])[:, None] + (1 - v) * lmin
+
+    def net_out(self, xt, t):
         if self.unet:
-            out = self.net(xt, self.embed(t))
-        else:
-            h = torch.cat([xt, self.embed(t)], 1)
-            for i in range(self.n_hidden):
-                h = self.act(self.net[str(i)](h))
-            out = self.net["out"](h)
+            return self.net(xt, self.embed(t))
+        h = torch.cat([xt, self.embed(t)], 1)
+        for i in range(self.n_hidden):
+            h = self.act(self.net[str(i)](h))
+        return self.net["out"](h)
+
+    def eps_hat(self, xt, t, out=None):
+        out = self.net_out(xt, t) if out is None else out
+        out = out[:, :self.D]
         ab = self.abar[t][:, None]
         if self.prediction == "epsilon":
             return out
@@ -116,10 +129,12 @@ class TorchDiffusion(nn.Module):
         return (xt - (self.beta[t] / (1 - self.abar[t]).sqrt())[:, None] * eps_hat) / self.alpha[t].sqrt()[:, None]
 
     def log_px0(self, x0, mu, s2):
-        """log p(x_0|x_1): Gaussian or discretized Gaussian (bins of width 2/255, edges at ±inf)."""
+        """log p(x_0|x_1): Gaussian or discretized Gaussian (bins of width 2/255, edges at ±inf);
+        s2 (B,) or (B, D)."""
+        s2 = s2[:, None] if s2.dim() == 1 else s2
         if self.data == "continuous":
-            return -0.5 * (LOG_2PI + torch.log(s2)[:, None] + (x0 - mu) ** 2 / s2[:, None]).sum(1)
-        sd = s2.sqrt()[:, None]
+            return -0.5 * (LOG_2PI + torch.log(s2) + (x0 - mu) ** 2 / s2).sum(1)
+        sd = s2.sqrt()
         lo = torch.where(x0 < -0.999, torch.full_like(x0, -math.inf), (x0 - 1 / 255 - mu) / sd)
         hi = torch.where(x0 > 0.999, torch.full_like(x0, math.inf), (x0 + 1 / 255 - mu) / sd)
         return log_bin(lo, hi).sum(1)
@@ -128,26 +143,35 @@ class TorchDiffusion(nn.Module):
         ab = self.abar[self.T]
         return 0.5 * (ab * x0 ** 2 + (1 - ab) - 1 - torch.log(1 - ab)).sum(1)
 
-    def step_term(self, x0, t, eps):
+    def step_term(self, x0, t, eps, detach_mean=False, eps_hat_fixed=None):
         """L_t: -log p(x_0|x_1) at t = 1, KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) for t >= 2 —
-        written as the KL of two Gaussians with means mu~ and mu_theta (MATH.md §1, §7)."""
+        written as the KL of two Gaussians with means mu~ and mu_theta (MATH.md §1, §7).
+        detach_mean: mu_theta as a constant (the hybrid loss's ELBO term); eps_hat_fixed (B, D):
+        mu_theta from these eps_hat instead of the network's (the variance still from the network)."""
         ab = self.abar[t][:, None]
         xt = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
-        e = self.eps_hat(xt, t)
-        mu = self.mean(xt, t, e)
-        s2 = self.sigma2(t)
+        out = self.net_out(xt, t)
+        e = self.eps_hat(xt, t, out)
+        if eps_hat_fixed is not None:
+            e = eps_hat_fixed
+        mu = self.mean(xt, t, e.detach() if detach_mean else e)
+        if self.variance == "learned":
+            s2 = torch.exp(self.log_sigma2(t, out[:, self.D:]))  # (B, D)
+        else:
+            s2 = self.sigma2(t)[:, None].expand_as(x0)
         abp = self.abar[t - 1][:, None]
         mu_q = (abp.sqrt() * self.beta[t][:, None] / (1 - ab)) * x0 + \
                (self.alpha[t].sqrt()[:, None] * (1 - abp) / (1 - ab)) * xt
         bt = self.btilde[t]
-        kl = 0.5 * (torch.log(s2 / torch.where(t == 1, torch.ones_like(bt), bt))[:, None] +
-                    (bt[:, None] + (mu_q - mu) ** 2) / s2[:, None] - 1).sum(1)
+        kl = 0.5 * (torch.log(s2 / torch.where(t == 1, torch.ones_like(bt), bt)[:, None]) +
+                    (bt[:, None] + (mu_q - mu) ** 2) / s2 - 1).sum(1)
         rec = -self.log_px0(x0, mu, s2)
         return torch.where(t == 1, rec, kl), ((eps - e) ** 2).sum(1)
 
     def loss(self, x0, t, eps, kind):
         x0, eps, t = t64(x0), t64(eps), torch.as_tensor(np.asarray(t, dtype=np.int64))
-        step, sq = self.step_term(x0, t, eps)
+        detach = kind == "hybrid" and self.variance == "learned"
+        step, sq = self.step_term(x0, t, eps, detach_mean=detach)
         elbo_loss = self.prior_kl(x0) + self.T * step
         if kind == "simple":
             return sq

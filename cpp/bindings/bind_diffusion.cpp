@@ -66,13 +66,15 @@ void bind_diffusion_t(py::module_& m, const char* name) {
       }, py::arg("x0"), py::arg("xt"), py::arg("t"), "-> (mean (B, D), variance (B)) of q(x_{t-1}|x_t, x_0).")
       .def("p_mean_variance", [](M& v, CRef xt, const Steps& t) {
         Mat<T> mean, eps, x0;
-        Vec<double> var;
+        Mat<double> var;
         {
           py::gil_scoped_release nogil;
           v.p_mean_variance(xt, t, mean, var, eps, x0);
         }
-        return py::make_tuple(mean, var, eps, x0);
-      }, py::arg("xt"), py::arg("t"), "-> (mean (B, D), variance (B), eps_hat (B, D), x0_hat (B, D)).")
+        py::object vo = v.learned_variance() ? py::cast(var) : py::cast(Vec<double>(var.col(0)));
+        return py::make_tuple(mean, vo, eps, x0);
+      }, py::arg("xt"), py::arg("t"),
+           "-> (mean (B, D), variance (B) or (B, D) for 'learned', eps_hat (B, D), x0_hat (B, D)).")
       .def("loss", [](M& v, CRef x0, const Steps& t, CRef eps, const std::string& kind) {
         const LossKind k = loss_from_string(kind);
         LossTerms r;

@@ -76,11 +76,13 @@ Diffusion<T>::Diffusion(const DiffusionConfig& cfg, uint64_t seed) : cfg_(cfg) {
   else fail("prediction must be one of 'epsilon', 'x0', 'v', got '" + cfg.prediction + "'");
   if (cfg.variance == "small") var_ = VarianceKind::Small;
   else if (cfg.variance == "large") var_ = VarianceKind::Large;
-  else fail("variance must be one of 'small', 'large', got '" + cfg.variance + "'");
+  else if (cfg.variance == "learned") var_ = VarianceKind::Learned;
+  else fail("variance must be one of 'small', 'large', 'learned', got '" + cfg.variance + "'");
   if (cfg.data == "continuous") data_ = DataKind::Continuous;
   else if (cfg.data == "discrete256") data_ = DataKind::Discrete256;
   else fail("data must be one of 'continuous', 'discrete256', got '" + cfg.data + "'");
-  net_ = make_net<T>(layout_, "net", cfg.net, cfg.x_dim, cfg.emb_dim, cfg.x_dim);
+  // "learned": 2·D outputs, the prediction then v ("first half, second half", diffusion.hpp)
+  net_ = make_net<T>(layout_, "net", cfg.net, cfg.x_dim, cfg.emb_dim, out_dim());
   params_ = Vec<T>::Zero(layout_.total);
   net_->init(params_.data(), seed);  // as the VAE: torch.nn.Linear's default init
   // The sinusoidal embedding of every step, once: emb(t)_k = sin(t f_k), emb(t)_{half+k} = cos(t f_k).
@@ -99,6 +101,7 @@ Diffusion<T>::Diffusion(const DiffusionConfig& cfg, uint64_t seed) : cfg_(cfg) {
 // there σ_1² = β̃_2, as Ho et al.'s code (posterior_log_variance_clipped) does.
 template <class T>
 double Diffusion<T>::sigma2(Index t) const {
+  if (var_ == VarianceKind::Learned) fail("sigma2: variance='learned' has a variance per example and dimension");
   if (var_ == VarianceKind::Large) return sch_.betas[size_t(t)];
   return sch_.posterior_variance[size_t(t == 1 ? 2 : t)];
 }
@@ -151,26 +154,33 @@ void Diffusion<T>::net_forward(const T* xt, const Index* t, Index B, Work& w) {
   w.emb.resize(B, E);
   for (Index b = 0; b < B; ++b)  // emb(t) from the table
     std::copy(emb_.data() + t[b] * E, emb_.data() + (t[b] + 1) * E, w.emb.data() + b * E);
-  w.out = net_->forward(params_.data(), xt, w.emb.data(), B, w.net);  // (B, D)
+  w.out = net_->forward(params_.data(), xt, w.emb.data(), B, w.net);  // (B, O)
+  const Index O = out_dim();
+  const bool learned = var_ == VarianceKind::Learned;
   w.eps_hat.resize(B, D);
+  if (learned) w.lv.resize(B, D);
   for (Index b = 0; b < B; ++b) {  // ε̂ = a_t x_t + b_t out (the prediction's reparameterization)
     const double ab = sch_.alphas_cumprod[size_t(t[b])], s1 = std::sqrt(1.0 - ab), s = std::sqrt(ab);
     const T a = T(pred_ == Prediction::Epsilon ? 0.0 : pred_ == Prediction::X0 ? 1.0 / s1 : s1);
     const T c = T(pred_ == Prediction::Epsilon ? 1.0 : pred_ == Prediction::X0 ? -s / s1 : s);
-    for (Index j = 0; j < D; ++j) w.eps_hat(b, j) = a * xt[b * D + j] + c * w.out[b * D + j];
+    for (Index j = 0; j < D; ++j) w.eps_hat(b, j) = a * xt[b * D + j] + c * w.out[b * O + j];
+    if (learned)  // log σ² = v log β_t + (1 − v) log β̃_t from the second half, in double
+      for (Index j = 0; j < D; ++j) w.lv(b, j) = log_sigma2_learned(t[b], double(w.out[b * O + D + j]));
   }
 }
 
 // net_backward: given w.deps (B, D) = ∂J/∂ε̂ at the inputs of the last net_forward (x_t in w.xt):
-// dout = b_t·deps, then the network.
+// dout[:, :D] = b_t·deps; for "learned" dout[:, D:] = dv (w.dv, ∂J/∂v); then the network.
 template <class T>
 void Diffusion<T>::net_backward(Index B, Work& w, T* grad) {
   const Index D = cfg_.x_dim;
-  w.dout.resize(B, D);
+  const bool learned = var_ == VarianceKind::Learned;
+  w.dout.resize(B, out_dim());
   for (Index b = 0; b < B; ++b) {
     const double ab = sch_.alphas_cumprod[size_t(w.t[size_t(b)])];
     const T c = T(pred_ == Prediction::Epsilon ? 1.0 : pred_ == Prediction::X0 ? -std::sqrt(ab / (1.0 - ab)) : std::sqrt(ab));
-    w.dout.row(b) = c * w.deps.row(b);
+    w.dout.row(b).head(D) = c * w.deps.row(b);
+    if (learned) w.dout.row(b).tail(D) = w.dv.row(b);
   }
   net_->backward(params_.data(), grad, w.xt.data(), w.emb.data(), B, w.net, w.dout.data(), nullptr);
 }
@@ -187,12 +197,32 @@ void Diffusion<T>::mean_from_eps(const T* xt, const T* eps_hat, const Index* t, 
 
 // recon_nll: −log p_θ(x_0|x_1) (B) given x_1 and ε̂(x_1, 1) (B, D): a Gaussian N(μ_θ, σ_1² I) for
 // continuous data, the discretized Gaussian for discrete256 (MATH.md §7). Leaves μ_θ in mean.
+// "learned": σ_1² = exp(lv[b, j]) per dimension (N(μ_θ, diag σ²), MATH.md §1).
 template <class T>
-void Diffusion<T>::recon_nll(const T* x0, const T* x1, const T* eps_hat, Index B, double* out, Mat<T>& mean) const {
+void Diffusion<T>::recon_nll(const T* x0, const T* x1, const T* eps_hat, const double* lv, Index B, double* out,
+                             Mat<T>& mean) const {
   const Index D = cfg_.x_dim;
   const std::vector<Index> ones(size_t(B), 1);
   mean.resize(B, D);
   mean_from_eps(x1, eps_hat, ones.data(), B, mean.data());
+  if (lv) {
+    if (data_ == DataKind::Discrete256) {
+      std::vector<double> logsd(size_t(B * D));
+      for (Index i = 0; i < B * D; ++i) logsd[size_t(i)] = 0.5 * lv[i];
+      discretized_gaussian_logpmf_pd_forward(out, x0, mean.data(), logsd.data(), B, D);
+      for (Index b = 0; b < B; ++b) out[b] = -out[b];
+      return;
+    }
+    for (Index b = 0; b < B; ++b) {
+      double acc = 0;
+      for (Index j = 0; j < D; ++j) {
+        const double e = double(x0[b * D + j]) - double(mean(b, j)), l = lv[b * D + j];
+        acc += 0.5 * (kLog2Pi + l + e * e * std::exp(-l));
+      }
+      out[b] = acc;
+    }
+    return;
+  }
   const double s2 = sigma2(1);
   if (data_ == DataKind::Discrete256) {
     const std::vector<double> sd(size_t(B), std::sqrt(s2));
@@ -257,6 +287,7 @@ double Diffusion<T>::loss_grad(CMatRef<T> x0, const std::vector<Index>& t, CMatR
   std::vector<double> wsq(static_cast<size_t>(B));  // w_t of each row (0 for a discrete t = 1 row)
   w.mean.resize(B, D);
   mean_from_eps(w.xt.data(), w.eps_hat.data(), t.data(), B, w.mean.data());
+  if (var_ == VarianceKind::Learned) return loss_grad_learned(x0, t, eps, kind, scale, grad, terms);
   for (Index b = 0; b < B; ++b) {
     const size_t s = size_t(t[size_t(b)]);
     double sq = 0;
@@ -314,6 +345,98 @@ double Diffusion<T>::loss_grad(CMatRef<T> x0, const std::vector<Index>& t, CMatR
   return J;
 }
 
+// loss_grad for "learned" (after net_forward and mean_from_eps in work_): per (example, dimension)
+// σ_j² = exp(lv_j), with d_j² = (μ̃ − μ_θ)_j² = k_t(ε_j − ε̂_j)², k_t = β_t²/(α_t(1 − ᾱ_t)) (at t = 1
+// the same k_1 = β_1/α_1 gives (x_0 − μ_θ)_j²):
+//   t ≥ 2: L_t = Σ_j ½[lv_j − log β̃_t + (β̃_t + d_j²)/σ_j² − 1]      (KL, MATH.md §1, §7)
+//   t = 1: L_1 = Σ_j ½[log 2π + lv_j + d_j²/σ_j²]  (continuous), −log P(x_0; μ_θ, σ) (discrete256)
+// so with b_t = β̃_t (0 at t = 1): ∂L_t/∂lv_j = ½[1 − (b_t + d_j²)/σ_j²], ∂L_t/∂ε̂_j = k_t(ε̂_j − ε_j)/σ_j²,
+// and ∂lv_j/∂v_j = log β_t − log β̃_t. "elbo" sends ∂L_t to ε̂ and v; "hybrid" sends λT·∂L_t to v only
+// (μ_θ is a stop-gradient in the vlb term, Nichol & Dhariwal 2021 §3.1) and ∂‖ε − ε̂‖² to ε̂.
+template <class T>
+double Diffusion<T>::loss_grad_learned(CMatRef<T> x0, const std::vector<Index>& t, CMatRef<T> eps, LossKind kind,
+                                       double scale, T* grad, LossTerms* terms) {
+  Work& w = work_;
+  const Index B = x0.rows(), D = cfg_.x_dim;
+  const double Tn = double(sch_.T);
+  const bool discrete = data_ == DataKind::Discrete256;
+  LossTerms r;
+  r.sq.resize(B);
+  r.step.resize(B);
+  r.prior.resize(B);
+  r.loss.resize(B);
+  // the discrete t = 1 rows' log σ (B, D) (0 elsewhere) and ∂J/∂log σ
+  std::vector<double> logsd(size_t(B * D), 0.0), dlogsd(size_t(B * D), 0.0), coef_lp(size_t(B), 0.0);
+  const double ce = kind == LossKind::Simple ? 0.0 : kind == LossKind::Elbo ? Tn : kHybridLambda * Tn;
+  const double cs = kind == LossKind::Elbo ? 0.0 : 1.0;
+  const bool mean_vlb = kind == LossKind::Elbo;  // does the vlb term reach ε̂?
+  if (grad) {
+    w.deps.resize(B, D);
+    w.dv.resize(B, D);
+  }
+  for (Index b = 0; b < B; ++b) {
+    const Index tb = t[size_t(b)];
+    const size_t s = size_t(tb);
+    const double beta = sch_.betas[s], k = beta * beta / (sch_.alphas[s] * (1.0 - sch_.alphas_cumprod[s]));
+    const double dl = std::log(beta) - std::log(sch_.posterior_variance[size_t(tb == 1 ? 2 : tb)]);  // ∂lv/∂v
+    const double bt = tb == 1 ? 0.0 : sch_.posterior_variance[s];
+    double sq = 0, step = 0;
+    for (Index j = 0; j < D; ++j) {
+      const double e = double(eps(b, j)) - double(w.eps_hat(b, j));
+      sq += e * e;
+    }
+    const double g = scale / double(B);
+    if (tb == 1 && discrete) {
+      for (Index j = 0; j < D; ++j) logsd[size_t(b * D + j)] = 0.5 * w.lv(b, j);
+      double lp;
+      discretized_gaussian_logpmf_pd_forward(&lp, x0.data() + b * D, w.mean.data() + b * D, logsd.data() + b * D, 1, D);
+      step = -lp;
+      coef_lp[size_t(b)] = -g * ce;  // ∂J/∂log p(x_0|x_1)
+      if (grad)
+        for (Index j = 0; j < D; ++j)
+          w.deps(b, j) = T(2.0 * g * cs * (double(w.eps_hat(b, j)) - double(eps(b, j))));
+    } else {
+      const double c0 = tb == 1 ? 0.5 * kLog2Pi : -0.5 * (std::log(sch_.posterior_variance[s]) + 1.0);
+      for (Index j = 0; j < D; ++j) {
+        const double e = double(eps(b, j)) - double(w.eps_hat(b, j)), l = w.lv(b, j), is2 = std::exp(-l);
+        const double u = (bt + k * e * e) * is2;
+        step += 0.5 * (l + u) + c0;
+        if (grad) {
+          w.deps(b, j) = T(g * (2.0 * cs * (-e) + (mean_vlb ? ce * k * (-e) * is2 : 0.0)));
+          w.dv(b, j) = T(g * ce * 0.5 * (1.0 - u) * dl);
+        }
+      }
+    }
+    r.sq[b] = sq;
+    r.step[b] = step;
+    r.prior[b] = prior_kl(x0.data() + b * D);
+    const double elbo_loss = r.prior[b] + Tn * step;
+    r.loss[b] = kind == LossKind::Simple ? sq : kind == LossKind::Elbo ? elbo_loss : sq + kHybridLambda * elbo_loss;
+  }
+  const double J = r.loss.mean();
+  if (grad) {
+    if (discrete && ce != 0) {
+      // the t = 1 rows: log P through μ_θ (elbo only; ∂μ/∂ε̂ = −β_1/(√(1−ᾱ_1)√α_1)) and through log σ = lv/2
+      Mat<T> dmean = Mat<T>::Zero(B, D);
+      discretized_gaussian_logpmf_pd_backward(mean_vlb ? dmean.data() : static_cast<T*>(nullptr), dlogsd.data(),
+                                              coef_lp.data(), x0.data(), w.mean.data(), logsd.data(), B, D);
+      const T km = T(-sch_.betas[1] / (std::sqrt(1.0 - sch_.alphas_cumprod[1]) * std::sqrt(sch_.alphas[1])));
+      const double dl1 = std::log(sch_.betas[1]) - std::log(sch_.posterior_variance[2]);
+      for (Index b = 0; b < B; ++b)
+        if (t[size_t(b)] == 1) {
+          if (mean_vlb) w.deps.row(b) += km * dmean.row(b);
+          for (Index j = 0; j < D; ++j) w.dv(b, j) = T(0.5 * dlogsd[size_t(b * D + j)] * dl1);
+        }
+    } else if (discrete) {
+      for (Index b = 0; b < B; ++b)
+        if (t[size_t(b)] == 1) w.dv.row(b).setZero();
+    }
+    net_backward(B, w, grad);
+  }
+  if (terms) *terms = std::move(r);
+  return J;
+}
+
 // ---- Decomposition B (MATH.md §7): every step of every example; rows p = b·T + (t − 1).
 template <class T>
 DiffusionElboTerms Diffusion<T>::elbo_denoising(CMatRef<T> x0, uint64_t seed) {
@@ -347,12 +470,26 @@ DiffusionElboTerms Diffusion<T>::elbo_denoising(CMatRef<T> x0, uint64_t seed) {
       }
     }
     net_forward(w.xt.data(), tt.data(), R, w);
+    const bool learned = var_ == VarianceKind::Learned;
     for (Index r = 0; r < R; ++r) {
       const Index p = p0 + r, b = p / Tn, t = tt[size_t(r)];
       if (t == 1) {
         double v;
-        recon_nll(x0.data() + b * D, w.xt.data() + r * D, w.eps_hat.data() + r * D, 1, &v, w.mean);
+        recon_nll(x0.data() + b * D, w.xt.data() + r * D, w.eps_hat.data() + r * D,
+                  learned ? w.lv.data() + r * D : nullptr, 1, &v, w.mean);
         out.reconstruction[b] = -v;
+        continue;
+      }
+      if (learned) {  // Σ_j KL(N(μ̃_j, β̃_t) ‖ N(μ_θj, σ_j²)) (MATH.md §1), as loss_grad_learned
+        const size_t s = size_t(t);
+        const double beta = sch_.betas[s], bt = sch_.posterior_variance[s];
+        const double k = beta * beta / (sch_.alphas[s] * (1.0 - sch_.alphas_cumprod[s])), lb = std::log(bt);
+        double acc = 0;
+        for (Index j = 0; j < D; ++j) {
+          const double e = double(eps(r, j)) - double(w.eps_hat(r, j)), l = w.lv(r, j);
+          acc += 0.5 * (l - lb + (bt + k * e * e) * std::exp(-l) - 1.0);
+        }
+        out.steps(b, t - 1) = acc;
         continue;
       }
       double sq = 0;
@@ -411,14 +548,26 @@ DiffusionElboTerms Diffusion<T>::elbo_consistency(CMatRef<T> x0, uint64_t seed) 
       }
     }
     net_forward(chain.data(), tt.data(), R, w);
+    const bool learned = var_ == VarianceKind::Learned;
     mu.resize(R, D);
     mean_from_eps(chain.data(), w.eps_hat.data(), tt.data(), R, mu.data());
     for (Index b = 0; b < bc; ++b) {
       const Index r1 = b * Tn;
       double v;
-      recon_nll(x0.data() + (b0 + b) * D, chain.data() + r1 * D, w.eps_hat.data() + r1 * D, 1, &v, mean);
+      recon_nll(x0.data() + (b0 + b) * D, chain.data() + r1 * D, w.eps_hat.data() + r1 * D,
+                learned ? w.lv.data() + r1 * D : nullptr, 1, &v, mean);
       out.reconstruction[b0 + b] = -v;
       for (Index t = 1; t < Tn; ++t) {
+        if (learned) {  // per dimension: ½(lv_j − 1 − log β_t) + (x_t − μ_θ)_j²/(2σ_j²), σ² of step t + 1
+          double acc = 0;
+          const double lb = std::log(sch_.betas[size_t(t)]);
+          for (Index j = 0; j < D; ++j) {
+            const double e = double(chain(r1 + t - 1, j)) - double(mu(r1 + t, j)), l = w.lv(r1 + t, j);
+            acc += 0.5 * (l - 1.0 - lb) + 0.5 * e * e * std::exp(-l);
+          }
+          out.steps(b0 + b, t - 1) = acc;
+          continue;
+        }
         // −(D/2)(1 + log 2πβ_t) + (D/2) log 2πσ²_{t+1} + ‖x_t − μ_θ(x_{t+1}, t+1)‖²/(2σ²_{t+1})
         const double s2 = sigma2(t + 1);
         double sq = 0;
@@ -439,7 +588,7 @@ DiffusionElboTerms Diffusion<T>::elbo_consistency(CMatRef<T> x0, uint64_t seed) 
 }
 
 template <class T>
-void Diffusion<T>::p_mean_variance(CMatRef<T> xt, const std::vector<Index>& t, Mat<T>& mean, Vec<double>& var,
+void Diffusion<T>::p_mean_variance(CMatRef<T> xt, const std::vector<Index>& t, Mat<T>& mean, Mat<double>& var,
                                    Mat<T>& eps_hat, Mat<T>& x0_hat) {
   check_cols("xt", xt.rows(), xt.cols(), cfg_.x_dim);
   check_t(t, xt.rows());
@@ -449,11 +598,13 @@ void Diffusion<T>::p_mean_variance(CMatRef<T> xt, const std::vector<Index>& t, M
   eps_hat = work_.eps_hat;
   mean.resize(B, D);
   mean_from_eps(xt.data(), eps_hat.data(), t.data(), B, mean.data());
-  var.resize(B);
+  const bool learned = var_ == VarianceKind::Learned;
+  if (learned) var = work_.lv.array().exp().matrix();  // (B, D)
+  else var.resize(B, 1);
   x0_hat.resize(B, D);
   for (Index b = 0; b < B; ++b) {  // x̂_0 = (x_t − √(1−ᾱ_t) ε̂)/√ᾱ_t
     const double ab = sch_.alphas_cumprod[size_t(t[size_t(b)])];
-    var[b] = sigma2(t[size_t(b)]);
+    if (!learned) var(b, 0) = sigma2(t[size_t(b)]);
     x0_hat.row(b) = (xt.row(b) - T(std::sqrt(1.0 - ab)) * eps_hat.row(b)) / T(std::sqrt(ab));
   }
 }
@@ -494,10 +645,12 @@ Mat<T> Diffusion<T>::sample(Index n, const std::string& method, Index steps, dou
   const bool ddpm = method == "ddpm";
   for (Index k = 1; k <= S; ++k) {
     const Index t = tau[size_t(S - k)], s = S - k - 1 >= 0 ? tau[size_t(S - k - 1)] : 0;
-    // DDPM: x_{t−1} = μ_θ(x_t, t) + σ_t z, no noise at the last step.
+    // DDPM: x_{t−1} = μ_θ(x_t, t) + σ_t z (σ_θ ⊙ z per dimension for "learned"), no noise at the last step.
+    // DDIM uses ε̂ only: a learned variance is ignored (σ below is η's).
     // DDIM (Song et al. 2021, eq. 12): x_s = √ᾱ_s x̂_0 + √(1 − ᾱ_s − σ²) ε̂ + σ z,
     // σ = η √((1 − ᾱ_s)/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_s)
-    const T sd = T(ddpm && s > 0 ? std::sqrt(sigma2(t)) : 0.0);
+    const bool learned = var_ == VarianceKind::Learned;
+    const T sd = T(ddpm && s > 0 && !learned ? std::sqrt(sigma2(t)) : 0.0);
     const double at = sch_.alphas_cumprod[size_t(t)], as = sch_.alphas_cumprod[size_t(s)];
     const double sig = ddpm ? 0.0 : eta * std::sqrt((1.0 - as) / (1.0 - at) * (1.0 - at / as));
     const T c0 = T(std::sqrt(as) / std::sqrt(at)), ce = T(std::sqrt(std::max(0.0, 1.0 - as - sig * sig)) -
@@ -515,7 +668,8 @@ Mat<T> Diffusion<T>::sample(Index n, const std::string& method, Index steps, dou
       if (ddpm) {
         w.mean.resize(bn, D);
         mean_from_eps(xc.data(), w.eps_hat.data(), w.t.data(), bn, w.mean.data());
-        if (noise) xc = w.mean + sd * w.deps;
+        if (noise && learned) xc = w.mean + ((0.5 * w.lv.array()).exp().template cast<T>() * w.deps.array()).matrix();
+        else if (noise) xc = w.mean + sd * w.deps;
         else xc = w.mean;
       } else {
         if (noise) xc = c0 * xc + ce * w.eps_hat + T(sig) * w.deps;

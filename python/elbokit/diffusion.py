@@ -32,7 +32,7 @@ __all__ = ["Diffusion", "DiffusionElbo", "SCHEDULES", "PREDICTIONS", "VARIANCES"
 
 SCHEDULES = ("linear", "cosine")
 PREDICTIONS = ("epsilon", "x0", "v")
-VARIANCES = ("small", "large")
+VARIANCES = ("small", "large", "learned")
 DATA_KINDS = ("continuous", "discrete256")
 LOSSES = ("simple", "elbo", "hybrid")
 FORMS = ("denoising", "consistency")
@@ -102,8 +102,11 @@ class Diffusion(_ParamModel):
         at 0.999), "cosine" (s = 0.008, beta clipped at 0.999), or an array of T betas in (0, 1).
     hidden : widths of the network's hidden layers.
     prediction : "epsilon", "x0" or "v" (what the network outputs).
-    variance : "small" (sigma_t^2 = posterior variance beta~_t; at t = 1, where beta~_1 = 0, beta~_2)
-        or "large" (sigma_t^2 = beta_t).
+    variance : "small" (sigma_t^2 = posterior variance beta~_t; at t = 1, where beta~_1 = 0, beta~_2),
+        "large" (sigma_t^2 = beta_t) or "learned" (improved DDPM, Nichol & Dhariwal 2021: the network
+        has 2 * x_dim outputs, the prediction then v, and per example and dimension
+        log sigma^2 = v log beta_t + (1 - v) log beta~_t, with v raw (not (v + 1)/2 as in their
+        code) and beta~_1 clipped to beta~_2 as for "small"; train it with loss "hybrid" or "elbo").
     data : "continuous" (Gaussian p(x_0|x_1)) or "discrete256" (data on the 256 levels
         k*2/255 - 1 of [-1, 1]; discretized Gaussian p(x_0|x_1), honest bits/dim).
     emb_dim : width of the sinusoidal time embedding (even).
@@ -185,10 +188,12 @@ class Diffusion(_ParamModel):
         self.alphas_cumprod_prev = np.concatenate([[1.0], self.alphas_cumprod[:-1]])  # (T,) alpha-bar_{t-1}
         self.posterior_variance = s["posterior_variance"]  # (T,) beta~_t
         self.snr = self.alphas_cumprod / (1.0 - self.alphas_cumprod)  # (T,) SNR(t)
-        self.sigmas2 = np.asarray(self._core.sigma2())  # (T,) sigma_t^2 of p(x_{t-1}|x_t)
+        # (T,) sigma_t^2 of p(x_{t-1}|x_t); None for "learned" (see p_mean_variance)
+        self.sigmas2 = None if variance == "learned" else np.asarray(self._core.sigma2())
         for a in (self.betas, self.alphas, self.alphas_cumprod, self.alphas_cumprod_prev, self.posterior_variance,
                   self.snr, self.sigmas2):
-            a.setflags(write=False)
+            if a is not None:
+                a.setflags(write=False)
 
     x_dim = property(lambda self: self.config["x_dim"])
     timesteps = property(lambda self: self.config["timesteps"])
@@ -247,7 +252,8 @@ class Diffusion(_ParamModel):
         return self._core.q_posterior(x0, xt, self._t(t, x0.shape[0]))
 
     def p_mean_variance(self, xt, t):
-        """(mean (n, x_dim), variance (n,)) of p(x_{t-1} | x_t)."""
+        """(mean (n, x_dim), variance) of p(x_{t-1} | x_t): variance (n,) for a fixed variance,
+        (n, x_dim) for variance="learned" (one per example and dimension)."""
         xt = as_matrix("xt", xt, self.x_dim, self._np_dtype)
         mean, var, _, _ = self._core.p_mean_variance(xt, self._t(t, xt.shape[0]))
         return mean, var
@@ -263,7 +269,15 @@ class Diffusion(_ParamModel):
         """Per-example loss (n,) at given steps t (n,) and noise eps (n, x_dim):
         "simple" ||eps - eps_hat(x_t, t)||^2; "elbo" prior KL + T * L_t, where L_t is the step KL
         (t >= 2) or -log p(x_0|x_1) (t = 1), an unbiased estimate of -ELBO for t ~ U{1..T};
-        "hybrid" simple + HYBRID_LAMBDA * elbo."""
+        "hybrid" simple + HYBRID_LAMBDA * elbo.
+
+        Gradients (loss_grad) of "hybrid": with variance="learned" the elbo term's gradient reaches
+        only the variance output v (the mean mu_theta is held fixed in it, a stop-gradient as in
+        Nichol & Dhariwal 2021), the prediction learns from "simple" alone; with a fixed variance
+        it adds HYBRID_LAMBDA * d(elbo) through the mean, i.e. reweights ||eps - eps_hat||^2 at
+        step t by 1 + HYBRID_LAMBDA * T * w_t (w_t = beta_t^2 / (2 sigma_t^2 alpha_t (1 - abar_t)))
+        and, for "discrete256", adds the discretized t = 1 term. "simple" with "learned" gives v no
+        gradient (allowed here, refused by fit)."""
         x = self._x(x)
         check_choice("kind", kind, LOSSES)
         out = self._core.loss(x, self._t(t, x.shape[0]), self._eps(eps, x.shape), kind)[0]
@@ -296,7 +310,8 @@ class Diffusion(_ParamModel):
     def sample(self, n: int, method: str = "ddpm", steps: int | None = None, eta: float = 0.0, seed: int = 0,
                return_trajectory: bool = False):
         """n samples (n, x_dim). "ddpm": ancestral x_{t-1} = mu(x_t, t) + sigma_t z over all T steps
-        (no noise at the last); "ddim": the subsequence tau_k = round(1 + k (T-1)/(steps-1)) of
+        (no noise at the last; sigma per dimension for variance="learned"); "ddim" (uses eps_hat
+        only, so a learned variance is ignored): the subsequence tau_k = round(1 + k (T-1)/(steps-1)) of
         ``steps`` steps (default T), eta = 0 deterministic, eta = 1 the ancestral variance.
         With return_trajectory: (x, trajectory (S+1, n, x_dim) from x_T to x_0, steps visited (S+1,))."""
         n = check_int("n", n, 1)
@@ -311,12 +326,14 @@ class Diffusion(_ParamModel):
         return x, traj.reshape(-1, n, self.x_dim), np.asarray(times, dtype=np.int64)
 
     # -- training -------------------------------------------------------------------------------
-    def fit(self, x, epochs: int = 20, batch_size: int = 128, lr: float = 1e-3, loss: str = "simple",
+    def fit(self, x, epochs: int = 20, batch_size: int = 128, lr: float = 1e-3, loss: str | None = None,
             ema: float | None = None, validation=None, seed: int = 0, progress: bool = True,
             optimizer: str = "adam", momentum: float = 0.9, weight_decay: float = 0.0,
             clip_norm: float | None = None):
         """Trains the network by minibatch descent on the loss ("simple", "elbo" or "hybrid",
-        see ``loss``) with one step t ~ U{1..T} and one eps per example and step. With
+        see ``loss``; default "simple", or "hybrid" for variance="learned", where "simple" raises
+        ValueError: it would leave v untrained) with one step t ~ U{1..T} and one eps per example
+        and step. With
         ema = d in [0, 1), an exponential moving average of the parameters is kept
         (ema <- d_k ema + (1 - d_k) theta, d_k = min(d, (1+k)/(10+k))) and the model ends with the
         EMA weights; ``hist['raw_parameters']`` holds the last iterate. History: ``train_loss``;
@@ -324,7 +341,12 @@ class Diffusion(_ParamModel):
         """
         x = self._x(x)
         xv = None if validation is None else self._x(validation, "validation")
+        if loss is None:
+            loss = "hybrid" if self.variance == "learned" else "simple"
         check_choice("loss", loss, LOSSES)
+        if loss == "simple" and self.variance == "learned":
+            raise ValueError("loss must be 'hybrid' or 'elbo' for variance='learned' (with 'simple' the variance "
+                             "output v gets no gradient), got 'simple'")
         d = 0.0 if ema is None else check_float("ema", ema, minimum=0.0)
         if d >= 1.0:
             raise ValueError(f"ema must be in [0, 1), got {ema}")

@@ -14,6 +14,11 @@
 // Every prediction is turned into ε̂ = a_t·x_t + b_t·out (MATH.md §7: the same model reparameterized):
 //   epsilon: ε̂ = out;  x0: x̂0 = out, ε̂ = (x_t − √ᾱ_t·out)/√(1−ᾱ_t);
 //   v (v = √ᾱ ε − √(1−ᾱ) x0): ε̂ = √(1−ᾱ_t)·x_t + √ᾱ_t·out.
+// With variance "learned" the network has 2·D outputs (improved DDPM, Nichol & Dhariwal 2021): the
+// first half (columns [0, D); for a channels-first image network the first C channels) is the
+// prediction above, the second half [D, 2D) the variance output v, and per (example, dimension)
+//   log σ_t² = v·log β_t + (1 − v)·log β̃_t,  log β̃_1 clipped to log β̃_2 (as "small"),
+// with v raw (not (v + 1)/2 as in their code): v = 0 is "small", v = 1 is "large".
 #pragma once
 
 #include <mutex>
@@ -41,13 +46,16 @@ std::vector<double> schedule_betas(const std::string& kind, Index T);
 Schedule make_schedule(const std::vector<double>& betas);
 
 enum class Prediction { Epsilon, X0, V };
-enum class VarianceKind { Small, Large };
+enum class VarianceKind { Small, Large, Learned };
 enum class DataKind { Continuous, Discrete256 };
 enum class LossKind { Simple, Elbo, Hybrid };
 
 LossKind loss_from_string(const std::string& s);
 
-// The weight of the ELBO term in the hybrid loss: simple + λ·elbo (Nichol & Dhariwal 2021).
+// The weight of the ELBO term in the hybrid loss: simple + λ·elbo (Nichol & Dhariwal 2021). With
+// variance "learned" the ELBO term's gradient reaches only the variance output v (μ_θ is held fixed
+// in it: a stop-gradient); with a fixed variance it adds λ·∂elbo/∂θ through the mean (a reweighting
+// of ‖ε − ε̂‖² by 1 + λT·w_t, plus the discretized term at t = 1).
 constexpr double kHybridLambda = 1e-3;
 
 struct DiffusionConfig {
@@ -56,7 +64,8 @@ struct DiffusionConfig {
   NetSpec net;                // the ε/x0/v-network: x_t (B, D) conditioned on emb(t) (B, E) → (B, D)
   Index emb_dim = 32;
   std::string prediction = "epsilon";  // "epsilon", "x0", "v"
-  std::string variance = "small";      // "small": σ_t² = β̃_t (σ_1² = β̃_2), "large": σ_t² = β_t
+  std::string variance = "small";      // "small": σ_t² = β̃_t (σ_1² = β̃_2), "large": σ_t² = β_t,
+                                       // "learned": per (example, dimension) from the network (above)
   std::string data = "continuous";     // "continuous" or "discrete256"
 };
 
@@ -91,21 +100,31 @@ class Diffusion {
   T* param_data() { return params_.data(); }
   Vec<T>& params() { return params_; }
 
-  // σ_t² of p_θ(x_{t−1}|x_t), t = 1 … T.
+  // σ_t² of p_θ(x_{t−1}|x_t), t = 1 … T, for a fixed variance (fails for "learned").
   double sigma2(Index t) const;
+  bool learned_variance() const { return var_ == VarianceKind::Learned; }
+  // The network's output width: D, or 2·D for "learned" (prediction, then v).
+  Index out_dim() const { return var_ == VarianceKind::Learned ? 2 * cfg_.x_dim : cfg_.x_dim; }
+  // "learned": log σ_t² = v·log β_t + (1 − v)·log β̃_t (β̃_1 → β̃_2) for the raw output v.
+  double log_sigma2_learned(Index t, double v) const {
+    const double lmin = std::log(sch_.posterior_variance[size_t(t == 1 ? 2 : t)]), lmax = std::log(sch_.betas[size_t(t)]);
+    return v * lmax + (1.0 - v) * lmin;
+  }
 
   // Closed forms of the encoder (MATH.md §7), t (B) in 1 … T:
   // q_sample: x_t (B, D) = √ᾱ_t x0 + √(1−ᾱ_t) ε.
   Mat<T> q_sample(CMatRef<T> x0, const std::vector<Index>& t, CMatRef<T> eps) const;
   // q_posterior: mean (B, D) and variance (B) of q(x_{t−1}|x_t, x_0).
   void q_posterior(CMatRef<T> x0, CMatRef<T> xt, const std::vector<Index>& t, Mat<T>& mean, Vec<double>& var) const;
-  // p_mean_variance: mean (B, D), variance (B) of p_θ(x_{t−1}|x_t), and ε̂, x̂0 (B, D).
-  void p_mean_variance(CMatRef<T> xt, const std::vector<Index>& t, Mat<T>& mean, Vec<double>& var, Mat<T>& eps_hat,
+  // p_mean_variance: mean (B, D), variance of p_θ(x_{t−1}|x_t) — (B, 1) for a fixed variance,
+  // (B, D) for "learned" — and ε̂, x̂0 (B, D).
+  void p_mean_variance(CMatRef<T> xt, const std::vector<Index>& t, Mat<T>& mean, Mat<double>& var, Mat<T>& eps_hat,
                        Mat<T>& x0_hat);
 
   // loss: per-example losses for x0 (B, D), t (B), eps (B, D):
   //   simple: ‖ε − ε̂‖²;  elbo: prior + T·L_t (unbiased for −ELBO when t ~ U{1…T});
-  //   hybrid: simple + λ·elbo.
+  //   hybrid: simple + λ·elbo (for "learned" with μ_θ stop-gradient in the elbo term).
+  // For "learned", "simple" gives v no gradient (fit refuses it; loss/loss_grad allow it).
   LossTerms loss(CMatRef<T> x0, const std::vector<Index>& t, CMatRef<T> eps, LossKind kind);
   // loss_grad: J = mean_b loss_b; accumulates scale·∂J/∂θ into grad (P) and returns J.
   double loss_grad(CMatRef<T> x0, const std::vector<Index>& t, CMatRef<T> eps, LossKind kind, double scale, T* grad,
@@ -118,7 +137,8 @@ class Diffusion {
   // z_t of (b, t) = normal_at(seed, streams::kDiffusionChain, (b·T + t − 1)·D + j).
   DiffusionElboTerms elbo_consistency(CMatRef<T> x0, uint64_t seed);
 
-  // sample: n points (n, D). method "ddpm" (ancestral, every step) or "ddim" (S = steps of the
+  // sample: n points (n, D). method "ddpm" (ancestral, every step: x_{t−1} = μ_θ + σ_θ ⊙ z, per
+  // dimension for "learned") or "ddim" (uses ε̂ only: a learned variance is ignored; S = steps of the
   // subsequence τ_k = round(1 + k(T − 1)/(S − 1)), k = 0 … S − 1, with η). Noise of sampling step k
   // (k = 0: x_T) = normal_at(seed, streams::kSample, (k·n + i)·D + j). With traj, the states
   // x_T, …, x_0 ((S + 1)·n, D) are written to *traj and the step numbers to *times.
@@ -141,19 +161,26 @@ class Diffusion {
  private:
   struct Work {
     Cache net;
-    const T* out = nullptr;  // the network's output (B, D), in net
-    Mat<T> emb, xt, eps_hat, mean, dout, deps;  // emb (B, E); the others (B, D)
+    const T* out = nullptr;  // the network's output (B, O), O = out_dim(), in net
+    Mat<T> emb, xt, eps_hat, mean, dout, deps, dv;  // emb (B, E); dout (B, O); the others (B, D)
+    Mat<double> lv;  // (B, D): log σ_t² per dimension ("learned" only)
     std::vector<Index> t;
   };
   void check_t(const std::vector<Index>& t, Index B) const;
-  // ε-network: fills w.emb (B, E) and w.out (B, D), then w.eps_hat (B, D), for x_t and t.
+  // loss_grad's "learned" branch (after the network's forward pass in work_).
+  double loss_grad_learned(CMatRef<T> x0, const std::vector<Index>& t, CMatRef<T> eps, LossKind kind, double scale,
+                           T* grad, LossTerms* terms);
+  // ε-network: fills w.emb (B, E) and w.out (B, O), then w.eps_hat (B, D) (and w.lv for "learned").
   void net_forward(const T* xt, const Index* t, Index B, Work& w);
-  // backward of ε̂ = a_t x_t + b_t·out: deps (B, D) = ∂J/∂ε̂, accumulated into grad.
+  // backward of ε̂ = a_t x_t + b_t·out: deps (B, D) = ∂J/∂ε̂ (and for "learned" dv (B, D) = ∂J/∂v),
+  // accumulated into grad.
   void net_backward(Index B, Work& w, T* grad);
   // the mean of p_θ(x_{t−1}|x_t) (MATH.md §7): μ_θ = (x_t − β_t/√(1−ᾱ_t)·ε̂)/√α_t
   void mean_from_eps(const T* xt, const T* eps_hat, const Index* t, Index B, T* mean) const;
-  // −log p_θ(x_0|x_1) per row for rows with their own x_1 and ε̂.
-  void recon_nll(const T* x0, const T* x1, const T* eps_hat, Index B, double* out, Mat<T>& mean) const;
+  // −log p_θ(x_0|x_1) per row for rows with their own x_1 and ε̂; lv (B, D) the per-dimension
+  // log σ_1² for "learned" (nullptr for a fixed variance).
+  void recon_nll(const T* x0, const T* x1, const T* eps_hat, const double* lv, Index B, double* out,
+                 Mat<T>& mean) const;
   double prior_kl(const T* x0) const;
 
   DiffusionConfig cfg_;

@@ -410,6 +410,45 @@ void discretized_gaussian_logpmf_backward(T* dmean, const double* coef, const T*
   }
 }
 
+// The same with one σ per element (a learned variance per dimension): logsd (B, D) = log σ[b, j].
+// discretized_gaussian_logpmf_pd_forward: logp (B) = Σ_j log P(x[b, j]; mean[b, j], exp(logsd[b, j])).
+template <class T>
+void discretized_gaussian_logpmf_pd_forward(double* logp, const T* x, const T* mean, const double* logsd, Index B,
+                                            Index D) {
+#pragma omp parallel for schedule(static) if (B * D > 8192)
+  for (Index b = 0; b < B; ++b) {
+    double acc = 0, lo, hi;
+    for (Index j = 0; j < D; ++j) {
+      discretized_edges(double(x[b * D + j]), double(mean[b * D + j]), std::exp(logsd[b * D + j]), lo, hi);
+      acc += log_ndtr_diff(lo, hi);
+    }
+    logp[b] = acc;
+  }
+}
+
+// discretized_gaussian_logpmf_pd_backward, coef (B) = ∂J/∂logp[b]; either output may be nullptr:
+//   dmean (B, D) += coef[b]·(φ(lo) − φ(hi))/(σ P),
+//   dlogsd (B, D) += coef[b]·∂logp[b]/∂log σ[b, j] = coef[b]·(lo φ(lo) − hi φ(hi))/P
+// (lo, hi the edges in units of σ, ∂lo/∂log σ = −lo; φ(±∞) = ±∞·φ(±∞) = 0).
+template <class T>
+void discretized_gaussian_logpmf_pd_backward(T* dmean, double* dlogsd, const double* coef, const T* x, const T* mean,
+                                             const double* logsd, Index B, Index D) {
+#pragma omp parallel for schedule(static) if (B * D > 8192)
+  for (Index b = 0; b < B; ++b) {
+    if (coef[b] == 0) continue;
+    double lo, hi;
+    for (Index j = 0; j < D; ++j) {
+      const double sd = std::exp(logsd[b * D + j]);
+      discretized_edges(double(x[b * D + j]), double(mean[b * D + j]), sd, lo, hi);
+      const double lp = log_ndtr_diff(lo, hi);
+      const double plo = std::isinf(lo) ? 0.0 : std::exp(-0.5 * lo * lo - 0.5 * kLog2Pi - lp);
+      const double phi = std::isinf(hi) ? 0.0 : std::exp(-0.5 * hi * hi - 0.5 * kLog2Pi - lp);
+      if (dmean) dmean[b * D + j] += T(coef[b] * (plo - phi) / sd);
+      if (dlogsd) dlogsd[b * D + j] += coef[b] * ((std::isinf(lo) ? 0.0 : lo * plo) - (std::isinf(hi) ? 0.0 : hi * phi));
+    }
+  }
+}
+
 // ---- The importance-weighted bound from log weights (MATH.md §3): L_K = log (1/K) Σ_k w_k by
 // log-sum-exp in double, for logw (K); −inf when every weight is 0, NaN passes through.
 inline double log_mean_exp(const double* logw, Index K) {
