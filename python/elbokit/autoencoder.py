@@ -11,7 +11,6 @@ Codes are deterministic: there is no ELBO and no principled way to sample, which
 """
 from __future__ import annotations
 
-import numbers
 
 import numpy as np
 
@@ -19,7 +18,7 @@ from . import _core
 from . import io as _io
 from ._fit import optimizer_options, run_fit
 from ._validation import DTYPES, as_array, as_matrix, check_choice, check_float, check_int
-from ._validation import MAX_ELEMENTS, check_count, check_num_params, mlp_params  # noqa: F401
+from ._validation import MAX_ELEMENTS, check_count, check_num_params, check_widths, mlp_params  # noqa: F401
 from .vae import ACTIVATIONS, _check_nan, _ParamModel
 
 __all__ = ["Autoencoder", "interpolate", "KINDS"]
@@ -46,9 +45,7 @@ class Autoencoder(_ParamModel):
                  code_activation: str = "identity", noise_std=None, contraction=None, dtype: str = "float32",
                  seed: int = 0):
         x_dim, code_dim = check_int("x_dim", x_dim, 1), check_int("code_dim", code_dim, 1)
-        if isinstance(hidden, numbers.Integral):
-            hidden = (hidden,)
-        hidden = tuple(check_int(f"hidden[{i}]", h, 1) for i, h in enumerate(tuple(hidden)))
+        hidden = check_widths("hidden", hidden)
         check_num_params("x_dim, code_dim and hidden", mlp_params([x_dim, *hidden, code_dim]) +
                          mlp_params([code_dim, *hidden[::-1], x_dim]))
         check_choice("kind", kind, KINDS)

@@ -25,7 +25,7 @@ from . import _core
 from . import io as _io
 from ._fit import optimizer_options, run_fit
 from ._validation import DTYPES, as_array, as_matrix, check_choice, check_float, check_int
-from ._validation import MAX_ELEMENTS, check_count, check_num_params, mlp_params  # noqa: F401
+from ._validation import MAX_ELEMENTS, check_count, check_num_params, check_widths, mlp_params  # noqa: F401
 from .results import mean_stderr
 from .vae import ACTIVATIONS, _check_nan, _ParamModel
 
@@ -137,13 +137,7 @@ class Diffusion(_ParamModel):
                                  f"got {timesteps}")
             T = betas.shape[0]
             sched_cfg = betas.tolist()
-        if isinstance(hidden, numbers.Integral):
-            hidden = (hidden,)
-        try:
-            hidden = tuple(hidden)
-        except TypeError:
-            raise ValueError(f"hidden must be a tuple of positive integers, got {hidden!r}") from None
-        hidden = tuple(check_int(f"hidden[{i}]", h, 1) for i, h in enumerate(hidden))
+        hidden = check_widths("hidden", hidden)
         check_num_params("x_dim, emb_dim and hidden", mlp_params([x_dim + int(emb_dim) if isinstance(emb_dim, int) else x_dim,
                                                                   *hidden, x_dim]))
         check_choice("prediction", prediction, PREDICTIONS)

@@ -16,7 +16,6 @@ reparameterization of u). See ``cpp/include/elbokit/flows.hpp``.
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 
@@ -25,7 +24,7 @@ from . import io as _io
 from . import random as _random
 from ._fit import optimizer_options, run_fit
 from ._validation import DTYPES, as_array, as_matrix, check_choice, check_float, check_int
-from ._validation import MAX_ELEMENTS, check_count, check_num_params, mlp_params  # noqa: F401
+from ._validation import MAX_ELEMENTS, check_count, check_num_params, check_widths, mlp_params  # noqa: F401
 from .vae import ACTIVATIONS, _check_nan, _ParamModel
 
 __all__ = ["Flow", "LAYERS"]
@@ -53,14 +52,15 @@ class Flow(_ParamModel):
         dim = check_int("dim", dim, 1)
         if isinstance(layers, str):
             layers = (layers,)
-        layers = tuple(layers)
+        try:
+            layers = tuple(layers)
+        except TypeError:
+            raise ValueError(f"layers must be a tuple of layer names ('coupling' or 'planar'), got {layers!r}") from None
         if not layers:
             raise ValueError("layers must name at least one layer ('coupling' or 'planar'), got ()")
         for i, l in enumerate(layers):
             check_choice(f"layers[{i}]", l, LAYERS)
-        if isinstance(hidden, numbers.Integral):
-            hidden = (hidden,)
-        hidden = tuple(check_int(f"hidden[{i}]", h, 1) for i, h in enumerate(tuple(hidden)))
+        hidden = check_widths("hidden", hidden)
         check_choice("activation", activation, ACTIVATIONS)
         check_choice("dtype", dtype, tuple(DTYPES))
         seed = check_int("seed", seed, 0)

@@ -32,7 +32,10 @@ STREAMS = {
 def _shape(shape) -> tuple:
     if isinstance(shape, (int, np.integer)):
         shape = (int(shape),)
-    shape = tuple(shape)
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        raise ValueError(f"shape must be an integer or a tuple of integers >= 0, got {shape!r}") from None
     for i, s in enumerate(shape):
         check_int(f"shape[{i}]", s, minimum=0)
     if int(np.prod(shape, dtype=object)) > MAX_ELEMENTS:
