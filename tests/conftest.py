@@ -44,3 +44,17 @@ try:
     settings.load_profile(os.environ.get("ELBOKIT_HYPOTHESIS_PROFILE", "ci"))
 except ImportError:  # hypothesis is in the "test" extra; without it the fuzz files are skipped
     pass
+
+
+def pytest_addoption(parser):
+    parser.addoption("--expect-sanitized", default=None, metavar="DIR",
+                     help="fail unless elbokit is imported from DIR (the sanitizer build in .ci/run)")
+
+
+def pytest_configure(config):
+    where = config.getoption("--expect-sanitized", default=None)
+    if where:
+        import os
+
+        if not os.path.abspath(ek.__file__).startswith(os.path.abspath(where)):
+            raise pytest.UsageError(f"elbokit is imported from {ek.__file__}, not from the sanitizer build in {where}")

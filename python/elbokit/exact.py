@@ -49,8 +49,8 @@ class Gaussian1D:
         # |a|, |b|, |c|, |d| <= 1e100 and v, w in [1e-100, 1e100]: the closed forms square them
         self.a, self.b = check_float("a", a, minimum=-1e100, maximum=1e100), check_float("b", b, minimum=-1e100, maximum=1e100)
         self.c, self.d = check_float("c", c, minimum=-1e100, maximum=1e100), check_float("d", d, minimum=-1e100, maximum=1e100)
-        self.v = check_float("v", v, minimum=1e-100, maximum=1e100)
-        self.w = check_float("w", w, minimum=1e-100, maximum=1e100)
+        self.v = check_float("v", v, positive=True, minimum=1e-100, maximum=1e100)
+        self.w = check_float("w", w, positive=True, minimum=1e-100, maximum=1e100)
 
     @classmethod
     def with_exact_posterior(cls, c: float, d: float, v: float) -> "Gaussian1D":
