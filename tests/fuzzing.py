@@ -85,7 +85,8 @@ def arrays(draw, shape, unit_interval=False, finite_kinds=("normal", "unit", "ze
             a = np.clip(np.round(a), 0 if dtype == "uint8" else -100, 100)
         in_unit = bool(np.all((a >= 0) & (a <= 1))) if finite else False
     ok_dtype = dtype not in ("object", "complex128", "str")
-    a = np.asarray(a).astype(dtype)
+    with np.errstate(over="ignore", invalid="ignore"):  # NaN/inf cast to integers or float16 on purpose
+        a = np.asarray(a).astype(dtype)
     if layout == "F":
         a = np.asfortranarray(a)
     elif layout == "strided" and a.ndim >= 1:
