@@ -61,3 +61,79 @@ def test_same_seed_same_model_different_seed_different():
     bound = 1 / np.sqrt(400)
     assert np.abs(w).max() <= bound and np.abs(w).max() > 0.99 * bound
     assert abs(w.mean()) < 0.01 * bound and w.var() == pytest.approx(bound ** 2 / 3, rel=0.02)
+
+
+# -- every model and every stochastic call, 1-4 threads ------------------------------------------
+_rng = np.random.default_rng(7)
+_X = _rng.uniform(size=(384, 96))          # sizes above the engine's parallel thresholds
+_XG = _rng.normal(size=(384, 2))
+
+
+def _vae():
+    return ek.VAE(96, 8, hidden=(128,), dtype="float32", seed=3)
+
+
+def _hvae(structure):
+    return ek.HVAE(96, (8, 4), hidden=(64,), structure=structure, dtype="float32", seed=3)
+
+
+def _diff():
+    return ek.Diffusion(2, timesteps=20, hidden=(64, 64), emb_dim=8, seed=3)
+
+
+STOCHASTIC = {
+    "vae.elbo": lambda: _vae().elbo(_X, n_samples=3, seed=1).elbo,
+    "vae.elbo_mc_grad": lambda: _vae().elbo_grad(_X, n_samples=2, kl="mc", seed=2)[1],
+    "vae.log_likelihood": lambda: _vae().log_likelihood(_X[:24], k=300, seed=3),
+    "vae.sample": lambda: _vae().sample(500, seed=4),
+    "vae.reconstruct_sample": lambda: _vae().reconstruct(_X, sample=True, seed=5),
+    "vae.fit": lambda: (lambda m: (m.fit(_X, epochs=2, batch_size=128, n_samples=2, validation=_X[:64], seed=4,
+                                         progress=False)["step_loss"], m.parameters()))(_vae()),
+    "hvae.elbo": lambda: _hvae("markov").elbo(_X, n_samples=2, kl="mc", seed=1).elbo,
+    "hvae.log_likelihood": lambda: _hvae("topdown").log_likelihood(_X[:24], k=200, seed=3),
+    "hvae.sample": lambda: _hvae("topdown").sample(400, seed=4),
+    "hvae.fit": lambda: (lambda m: (m.fit(_X, epochs=1, batch_size=128, seed=4, progress=False)["step_loss"],
+                                    m.parameters()))(_hvae("topdown")),
+    "diffusion.elbo": lambda: _diff().elbo(_XG[:64], seed=1).elbo,
+    "diffusion.elbo_consistency": lambda: _diff().elbo(_XG[:64], form="consistency", seed=1).elbo,
+    "diffusion.sample_ddpm": lambda: _diff().sample(600, seed=2),
+    "diffusion.sample_ddim_eta": lambda: _diff().sample(600, method="ddim", steps=7, eta=0.5, seed=2),
+    "diffusion.fit_ema": lambda: (lambda m: (m.fit(_XG, epochs=2, batch_size=128, ema=0.9, loss="hybrid", seed=4,
+                                                   validation=_XG[:64], progress=False)["step_loss"],
+                                             m.parameters()))(_diff()),
+    "flow.sample": lambda: ek.Flow(4, layers=("coupling", "planar"), hidden=(32,), seed=3).sample(500, seed=1),
+    "flow.elbo_smoothed": lambda: ek.Flow(2, hidden=(16,), seed=3).elbo_smoothed(_XG[:32], 0.1, n_samples=20, seed=2),
+    "flow.fit": lambda: (lambda m: (m.fit(_XG, epochs=2, batch_size=128, seed=4, progress=False)["step_loss"],
+                                    m.parameters()))(ek.Flow(2, hidden=(32,), seed=3)),
+    "autoencoder.denoising_fit": lambda: (lambda m: (m.fit(_X, epochs=2, batch_size=128, seed=4,
+                                                           progress=False)["step_loss"], m.parameters()))(
+        ek.Autoencoder(96, 8, hidden=(64,), kind="denoising", seed=3)),
+    "surgery": lambda: ek.surgery(_vae(), _X[:128], seed=1, n_samples=2).average_kl,
+    "estimators.vae_encoder": lambda: ek.estimators.vae_encoder(_vae(), _X[:16], n_samples=2, n_repeats=5, seed=1),
+}
+
+
+def _flatten(v):
+    if isinstance(v, dict):
+        return [a for k in sorted(v) for a in _flatten(v[k])]
+    if isinstance(v, (list, tuple)):
+        return [a for e in v for a in _flatten(e)]
+    if hasattr(v, "__dataclass_fields__"):
+        return [a for k in sorted(v.__dataclass_fields__) for a in _flatten(getattr(v, k))]
+    return [np.asarray(v)] if isinstance(v, (np.ndarray, float, int, np.floating)) else []
+
+
+@pytest.mark.parametrize("call", list(STOCHASTIC))
+def test_every_stochastic_call_is_bit_identical_on_1_to_4_threads(call):
+    results = []
+    try:
+        for threads in (1, 2, 3, 4):
+            ek.set_num_threads(threads)
+            results.append(_flatten(STOCHASTIC[call]()))
+    finally:
+        ek.set_num_threads(2)
+    assert results[0] and all(a.size for a in results[0])
+    for threads, r in zip((2, 3, 4), results[1:]):
+        assert len(r) == len(results[0])
+        for a, b in zip(results[0], r):
+            assert np.array_equal(a, b, equal_nan=True), f"{call}: 1 and {threads} threads differ"

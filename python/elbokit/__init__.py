@@ -28,7 +28,8 @@ _load_openblas()
 from . import _core, datasets, random  # noqa: E402
 from .io import load
 from .results import ElboResult, History, mean_stderr
-from .vae import VAE
+from ._fit import DivergenceWarning, NonFiniteWarning
+from .vae import VAE, NonFiniteResultError
 from .hvae import HVAE, HElboResult
 from .diffusion import Diffusion, DiffusionElbo
 from . import estimators, exact, flows, kl
@@ -53,4 +54,5 @@ def get_num_threads() -> int:
 __all__ = ["VAE", "HVAE", "HElboResult", "Diffusion", "DiffusionElbo", "ElboResult", "History", "load", "datasets",
            "random", "mean_stderr", "set_num_threads", "get_num_threads", "__version__",
            "exact", "kl", "estimators", "surgery", "SurgeryResult", "flows", "Flow", "Autoencoder",
-           "derivations", "trace"]
+           "derivations", "trace",
+           "DivergenceWarning", "NonFiniteWarning", "NonFiniteResultError"]

@@ -2,12 +2,22 @@
 into a History (shared by every model)."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from ._validation import check_choice, check_float, check_int
 from .results import History
 
-__all__ = ["fit_options", "optimizer_options", "run_fit"]
+__all__ = ["fit_options", "optimizer_options", "run_fit", "DivergenceWarning", "NonFiniteWarning"]
+
+
+class NonFiniteWarning(RuntimeWarning):
+    """A number fit reports came out non-finite (a validation ELBO that overflows)."""
+
+
+class DivergenceWarning(NonFiniteWarning):
+    """fit stopped because the training loss or its gradient became non-finite."""
 
 
 def optimizer_options(epochs, batch_size, lr, optimizer, seed, momentum, weight_decay, clip_norm) -> dict:
@@ -41,9 +51,11 @@ def fit_options(epochs, batch_size, lr, optimizer, beta, warmup_steps, free_bits
 
 
 def run_fit(core, x, validation, options: dict, progress: bool, desc: str) -> History:
-    """Runs core.fit with the GIL released; a tqdm bar follows it. A non-finite loss raises
-    FloatingPointError carrying the history so far (``err.history``); the parameters are those
-    before the failing step."""
+    """Runs core.fit with the GIL released; a tqdm bar follows it. A non-finite loss or gradient
+    stops training with a DivergenceWarning naming the step: the parameters are those before the
+    failing step (the last finite ones), and the History says where it stopped
+    (``diverged`` True, ``diverged_at_step``, ``stopped_early``; ``step_loss`` holds the finite
+    steps). A NaN validation ELBO (validation data that overflows the model) warns too."""
     bar = None
     callback = None
     if progress:
@@ -68,9 +80,16 @@ def run_fit(core, x, validation, options: dict, progress: bool, desc: str) -> Hi
     hist = History(raw)
     hist["kl_terms"] = np.asarray(hist["kl_terms"], dtype=np.float64)
     hist["active_units"] = np.asarray(hist["active_units"], dtype=np.int64)
+    hist["diverged"] = error is not None
+    hist["diverged_at_step"] = None if error is None else int(step)
     if error is not None:
-        err = FloatingPointError(error)
-        err.history = hist
-        err.step = step
-        raise err
+        hist["stopped_early"] = True
+        hist["divergence"] = str(error)
+        warnings.warn(DivergenceWarning(f"{desc}.fit stopped: {error}. The model keeps the last finite parameters; "
+                                        f"History['diverged_at_step'] = {int(step)}"), stacklevel=3)
+    bad = [k for k in ("val_elbo", "val_reconstruction", "val_kl") if np.isnan(hist.get(k, np.zeros(0))).any()]
+    if bad:
+        e = int(np.argmax(np.isnan(hist[bad[0]])))
+        warnings.warn(NonFiniteWarning(f"{desc}.fit: {bad[0]} is NaN from epoch {e}: the model overflows on these "
+                                       f"values of validation (check their scale)"), stacklevel=3)
     return hist

@@ -6,14 +6,23 @@ import numbers
 
 import numpy as np
 
-__all__ = ["as_matrix", "as_array", "check_int", "check_float", "check_bool", "check_choice", "check_widths", "DTYPES"]
+__all__ = ["as_matrix", "as_array", "check_int", "check_float", "check_bool", "check_choice", "check_widths", "DTYPES",
+           "check_count", "check_num_params", "mlp_params", "MAX_INT", "MAX_ELEMENTS"]
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
+# The engine's integers are int64 (Eigen's Index, seeds, steps); a Python int beyond them is
+# rejected here rather than by the bindings' conversion.
+MAX_INT = 2 ** 63 - 1
+# Most numbers in one array or parameter vector the engine allocates on request (sample(n), a
+# model's parameters): 2^31 - 1, the products' (32-bit BLAS) and a float32 vector's 8 GiB limit.
+MAX_ELEMENTS = 2 ** 31 - 1
 
 
 def _describe(x) -> str:
     if isinstance(x, np.ndarray):
         return f"an array of shape {x.shape} and dtype {x.dtype}"
+    if isinstance(x, (list, tuple)) and len(x) > 8:
+        return f"a {type(x).__name__} of {len(x)} items"
     return f"{type(x).__name__} {x!r}"[:120]
 
 
@@ -55,12 +64,34 @@ def as_matrix(name: str, x, cols: int, dtype) -> np.ndarray:
     return as_array(name, x, dtype, ndim=2, shape=(None, cols))
 
 
-def check_int(name: str, v, minimum: int = 1) -> int:
+def check_int(name: str, v, minimum: int = 1, maximum: int = MAX_INT) -> int:
     if isinstance(v, bool) or not isinstance(v, numbers.Integral):
         raise ValueError(f"{name} must be an integer >= {minimum}, got {_describe(v)}")
     if v < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {v}")
+    if v > maximum:
+        raise ValueError(f"{name} must be an integer <= {maximum}, got {v}")
     return int(v)
+
+
+def check_count(name: str, n, row: int, minimum: int = 1) -> int:
+    """A number of rows n of a result with `row` numbers each: n * row <= MAX_ELEMENTS."""
+    n = check_int(name, n, minimum)
+    if n * max(row, 1) > MAX_ELEMENTS:
+        raise ValueError(f"{name} must be at most {MAX_ELEMENTS // max(row, 1)} (the result would hold {name} x {row} "
+                         f"numbers, at most {MAX_ELEMENTS}), got {n}")
+    return n
+
+
+def mlp_params(widths) -> int:
+    """Parameters of a chain of linear layers widths[0] -> widths[1] -> ... (weights and biases)."""
+    return sum((a + 1) * b for a, b in zip(widths[:-1], widths[1:]))
+
+
+def check_num_params(names: str, count: int) -> None:
+    """A model of `count` parameters must fit the engine's flat parameter vector (MAX_ELEMENTS)."""
+    if count > MAX_ELEMENTS:
+        raise ValueError(f"{names} ask for about {count} parameters; a model holds at most {MAX_ELEMENTS}")
 
 
 def check_float(name: str, v, minimum: float | None = None, positive: bool = False, maximum: float | None = None) -> float:

@@ -11,7 +11,6 @@ Codes are deterministic: there is no ELBO and no principled way to sample, which
 """
 from __future__ import annotations
 
-import numbers
 
 import numpy as np
 
@@ -19,7 +18,8 @@ from . import _core
 from . import io as _io
 from ._fit import optimizer_options, run_fit
 from ._validation import DTYPES, as_array, as_matrix, check_choice, check_float, check_int
-from .vae import ACTIVATIONS, _ParamModel
+from ._validation import MAX_ELEMENTS, check_count, check_num_params, check_widths, mlp_params  # noqa: F401
+from .vae import ACTIVATIONS, _check_nan, _ParamModel
 
 __all__ = ["Autoencoder", "interpolate", "KINDS"]
 
@@ -45,9 +45,9 @@ class Autoencoder(_ParamModel):
                  code_activation: str = "identity", noise_std=None, contraction=None, dtype: str = "float32",
                  seed: int = 0):
         x_dim, code_dim = check_int("x_dim", x_dim, 1), check_int("code_dim", code_dim, 1)
-        if isinstance(hidden, numbers.Integral):
-            hidden = (hidden,)
-        hidden = tuple(check_int(f"hidden[{i}]", h, 1) for i, h in enumerate(tuple(hidden)))
+        hidden = check_widths("hidden", hidden)
+        check_num_params("x_dim, code_dim and hidden", mlp_params([x_dim, *hidden, code_dim]) +
+                         mlp_params([code_dim, *hidden[::-1], x_dim]))
         check_choice("kind", kind, KINDS)
         check_choice("activation", activation, ACTIVATIONS)
         check_choice("code_activation", code_activation, CODE_ACTIVATIONS)
@@ -88,11 +88,15 @@ class Autoencoder(_ParamModel):
 
     def encode(self, x) -> np.ndarray:
         """The deterministic code y (n, code_dim)."""
-        return self._core.encode(self._x(x))
+        out = self._core.encode(self._x(x))
+        _check_nan("encode", out)
+        return out
 
     def decode(self, code) -> np.ndarray:
         """The reconstruction (n, x_dim) of codes (n, code_dim)."""
-        return self._core.decode(as_matrix("code", code, self.code_dim, self._np_dtype))
+        out = self._core.decode(as_matrix("code", code, self.code_dim, self._np_dtype))
+        _check_nan("decode", out, args="code")
+        return out
 
     def reconstruct(self, x) -> np.ndarray:
         return self.decode(self.encode(x))
@@ -105,12 +109,14 @@ class Autoencoder(_ParamModel):
         with the encoder fed x + noise (noise (n, x_dim) or None)."""
         x = self._x(x)
         J, rec, pen, _ = self._core.loss_grad(x, self._noise(x, noise), 1.0, False)
+        _check_nan("loss", np.asarray(J), rec, pen)
         return {"loss": J, "reconstruction": rec, "penalty": pen}
 
     def loss_grad(self, x, noise=None):
         """(loss, grads) by the hand-written backward pass."""
         x = self._x(x)
         J, _, _, g = self._core.loss_grad(x, self._noise(x, noise), 1.0, True)
+        _check_nan("loss_grad", np.asarray(J), g)
         return J, self._grad_dict(g)
 
     def fit(self, x, epochs: int = 50, batch_size: int = 128, lr: float = 1e-3, optimizer: str = "adam",

@@ -354,6 +354,9 @@ def _train(args) -> int:
     except FloatingPointError as e:
         print(f"{PROG}: error: training diverged: {e}; try a smaller --lr", file=sys.stderr)
         return 1
+    if hist.get("diverged"):
+        print(f"{PROG}: error: training diverged: {hist['divergence']}; try a smaller --lr", file=sys.stderr)
+        return 1
     t_train = time.perf_counter() - t0
 
     # 2. Evaluate on the held-out split (MATH.md §2-3).
@@ -406,6 +409,9 @@ def _train_diffusion(args) -> int:
                        progress=args.progress)
     except FloatingPointError as e:
         print(f"{PROG}: error: training diverged: {e}; try a smaller --lr", file=sys.stderr)
+        return 1
+    if hist.get("diverged"):
+        print(f"{PROG}: error: training diverged: {hist['divergence']}; try a smaller --lr", file=sys.stderr)
         return 1
     t_train = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -24,7 +24,8 @@ import numpy as np
 from . import _core
 from . import io as _io
 from ._fit import optimizer_options, run_fit
-from ._validation import DTYPES, as_array, as_matrix, check_choice, check_float, check_image_shape, check_int, check_widths
+from ._validation import DTYPES, as_array, as_matrix, check_choice, check_float, check_image_shape, check_int
+from ._validation import MAX_ELEMENTS, check_count, check_num_params, check_widths, mlp_params  # noqa: F401
 from .results import mean_stderr
 from .vae import ACTIVATIONS, _check_nan, _ParamModel
 
@@ -90,6 +91,11 @@ class DiffusionElbo:
         return "\n".join([head] + rows + [f"{'bits/dim':>15s}: {self.bits_per_dim():11.4f}"])
 
 
+# Most steps a schedule may have (its arrays are (T,) and elbo evaluates the network T times per
+# example); DDPMs use 1000-4000.
+MAX_TIMESTEPS = 10 ** 6
+
+
 @_io.register
 class Diffusion(_ParamModel):
     """A diffusion model p(x_0 ... x_T) with the fixed encoder q(x_t|x_{t-1}) = N(sqrt(alpha_t) x_{t-1}, beta_t I).
@@ -137,7 +143,7 @@ class Diffusion(_ParamModel):
         x_dim = check_int("x_dim", x_dim, 1)
         if isinstance(schedule, str):
             check_choice("schedule", schedule, SCHEDULES)
-            T = 1000 if timesteps is None else check_int("timesteps", timesteps, 2)
+            T = 1000 if timesteps is None else check_int("timesteps", timesteps, 2, MAX_TIMESTEPS)
             betas = np.asarray(_core.schedule_betas(schedule, T))
             sched_cfg = schedule
         else:
@@ -152,13 +158,9 @@ class Diffusion(_ParamModel):
                                  f"got {timesteps}")
             T = betas.shape[0]
             sched_cfg = betas.tolist()
-        if isinstance(hidden, numbers.Integral):
-            hidden = (hidden,)
-        try:
-            hidden = tuple(hidden)
-        except TypeError:
-            raise ValueError(f"hidden must be a tuple of positive integers, got {hidden!r}") from None
-        hidden = tuple(check_int(f"hidden[{i}]", h, 1) for i, h in enumerate(hidden))
+        hidden = check_widths("hidden", hidden)
+        check_num_params("x_dim, emb_dim and hidden", mlp_params([x_dim + int(emb_dim) if isinstance(emb_dim, int) else x_dim,
+                                                                  *hidden, x_dim]))
         check_choice("prediction", prediction, PREDICTIONS)
         check_choice("variance", variance, VARIANCES)
         check_choice("data", data, DATA_KINDS)
@@ -243,25 +245,31 @@ class Diffusion(_ParamModel):
     def q_sample(self, x0, t, eps) -> np.ndarray:
         """x_t = sqrt(alpha-bar_t) x0 + sqrt(1 - alpha-bar_t) eps, per row (n, x_dim)."""
         x0 = as_matrix("x0", x0, self.x_dim, self._np_dtype)
-        return self._core.q_sample(x0, self._t(t, x0.shape[0]), self._eps(eps, x0.shape))
+        out = self._core.q_sample(x0, self._t(t, x0.shape[0]), self._eps(eps, x0.shape))
+        _check_nan("q_sample", out, args="x0")
+        return out
 
     def q_posterior(self, x0, xt, t):
         """(mean (n, x_dim), variance (n,)) of q(x_{t-1} | x_t, x_0)."""
         x0 = as_matrix("x0", x0, self.x_dim, self._np_dtype)
         xt = self._eps(xt, x0.shape, "xt")
-        return self._core.q_posterior(x0, xt, self._t(t, x0.shape[0]))
+        mean, var = self._core.q_posterior(x0, xt, self._t(t, x0.shape[0]))
+        _check_nan("q_posterior", mean, var, args="x0 and xt")
+        return mean, var
 
     def p_mean_variance(self, xt, t):
         """(mean (n, x_dim), variance) of p(x_{t-1} | x_t): variance (n,) for a fixed variance,
         (n, x_dim) for variance="learned" (one per example and dimension)."""
         xt = as_matrix("xt", xt, self.x_dim, self._np_dtype)
         mean, var, _, _ = self._core.p_mean_variance(xt, self._t(t, xt.shape[0]))
+        _check_nan("p_mean_variance", mean, var, args="xt")
         return mean, var
 
     def predict(self, xt, t) -> dict:
         """The network's predictions at (x_t, t): {"eps": eps_hat, "x0": x0_hat} (n, x_dim)."""
         xt = as_matrix("xt", xt, self.x_dim, self._np_dtype)
         _, _, eps, x0 = self._core.p_mean_variance(xt, self._t(t, xt.shape[0]))
+        _check_nan("predict", eps, x0, args="xt")
         return {"eps": eps, "x0": x0}
 
     # -- losses ---------------------------------------------------------------------------------
@@ -314,7 +322,7 @@ class Diffusion(_ParamModel):
         only, so a learned variance is ignored): the subsequence tau_k = round(1 + k (T-1)/(steps-1)) of
         ``steps`` steps (default T), eta = 0 deterministic, eta = 1 the ancestral variance.
         With return_trajectory: (x, trajectory (S+1, n, x_dim) from x_T to x_0, steps visited (S+1,))."""
-        n = check_int("n", n, 1)
+        n = check_count("n", n, self.x_dim * (1 if not return_trajectory else self.timesteps + 1))
         check_choice("method", method, ("ddpm", "ddim"))
         s = 0 if steps is None else check_int("steps", steps, 1)
         eta = check_float("eta", eta, minimum=0.0)

@@ -46,10 +46,11 @@ class Gaussian1D:
 
     def __init__(self, a: float = 1.0, b: float = 0.0, c: float = 1.0, d: float = 0.0, v: float = 1.0,
                  w: float = 1.0):
-        self.a, self.b = check_float("a", a), check_float("b", b)
-        self.c, self.d = check_float("c", c), check_float("d", d)
-        self.v = check_float("v", v, positive=True)
-        self.w = check_float("w", w, positive=True)
+        # |a|, |b|, |c|, |d| <= 1e100 and v, w in [1e-100, 1e100]: the closed forms square them
+        self.a, self.b = check_float("a", a, minimum=-1e100, maximum=1e100), check_float("b", b, minimum=-1e100, maximum=1e100)
+        self.c, self.d = check_float("c", c, minimum=-1e100, maximum=1e100), check_float("d", d, minimum=-1e100, maximum=1e100)
+        self.v = check_float("v", v, positive=True, minimum=1e-100, maximum=1e100)
+        self.w = check_float("w", w, positive=True, minimum=1e-100, maximum=1e100)
 
     @classmethod
     def with_exact_posterior(cls, c: float, d: float, v: float) -> "Gaussian1D":

@@ -16,7 +16,6 @@ reparameterization of u). See ``cpp/include/elbokit/flows.hpp``.
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 
@@ -25,6 +24,7 @@ from . import io as _io
 from . import random as _random
 from ._fit import optimizer_options, run_fit
 from ._validation import DTYPES, as_array, as_matrix, check_choice, check_float, check_int
+from ._validation import MAX_ELEMENTS, check_count, check_num_params, check_widths, mlp_params  # noqa: F401
 from .vae import ACTIVATIONS, _check_nan, _ParamModel
 
 __all__ = ["Flow", "LAYERS"]
@@ -52,17 +52,19 @@ class Flow(_ParamModel):
         dim = check_int("dim", dim, 1)
         if isinstance(layers, str):
             layers = (layers,)
-        layers = tuple(layers)
+        try:
+            layers = tuple(layers)
+        except TypeError:
+            raise ValueError(f"layers must be a tuple of layer names ('coupling' or 'planar'), got {layers!r}") from None
         if not layers:
             raise ValueError("layers must name at least one layer ('coupling' or 'planar'), got ()")
         for i, l in enumerate(layers):
             check_choice(f"layers[{i}]", l, LAYERS)
-        if isinstance(hidden, numbers.Integral):
-            hidden = (hidden,)
-        hidden = tuple(check_int(f"hidden[{i}]", h, 1) for i, h in enumerate(tuple(hidden)))
+        hidden = check_widths("hidden", hidden)
         check_choice("activation", activation, ACTIVATIONS)
         check_choice("dtype", dtype, tuple(DTYPES))
         seed = check_int("seed", seed, 0)
+        check_num_params("dim, layers and hidden", len(layers) * (mlp_params([dim, *hidden, 2 * dim]) + 2 * dim + 1))
         if dim < 2 and "coupling" in layers:
             raise ValueError(f"dim must be >= 2 for coupling layers, got {dim}")
         self.config = dict(dim=dim, layers=list(layers), hidden=list(hidden), activation=activation, dtype=dtype,
@@ -98,6 +100,7 @@ class Flow(_ParamModel):
     def log_prob(self, x) -> np.ndarray:
         """Exact per-example log p(x) = log N(f(x); 0, I) + log|det ∂f/∂x| (n,)."""
         _, prior, logdet = self._core.forward(self._x(x))
+        _check_nan("log_prob", prior, logdet)
         return prior + logdet
 
     def elbo(self, x) -> dict:
@@ -105,11 +108,12 @@ class Flow(_ParamModel):
         'prior' term log p(f(x)), the 'logdet' term (reconstruction − log q, for a bijection), and
         their sum 'elbo', which equals log_prob(x) exactly (gap 0). Each (n,)."""
         _, prior, logdet = self._core.forward(self._x(x))
+        _check_nan("elbo", prior, logdet)
         return {"prior": prior, "logdet": logdet, "elbo": prior + logdet}
 
     def sample(self, n: int, seed: int = 0) -> np.ndarray:
         """n draws x = f⁻¹(z), z ~ N(0, I) from ``ek.random.normal((n, D), seed, STREAMS['sample'])``."""
-        n, seed = check_int("n", n, 1), check_int("seed", seed, 0)
+        n, seed = check_count("n", n, self.dim), check_int("seed", seed, 0)
         z = _random.normal((n, self.dim), seed=seed, stream=_random.STREAMS["sample"])
         return self.inverse(z)
 
@@ -121,11 +125,13 @@ class Flow(_ParamModel):
         dld = np.zeros(x.shape[0]) if dlogdet is None else as_array("dlogdet", dlogdet, np.float64, ndim=1,
                                                                      shape=(x.shape[0],))
         g, dx = self._core.vjp(x, dz, dld)
+        _check_nan("vjp", g, dx, args="x and dz")
         return self._grad_dict(g), dx
 
     def log_prob_grad(self, x):
         """(mean log p(x), grads): the gradient of the batch-mean log-likelihood per parameter."""
         J, *_, g = self._core.objective_grad(self._x(x), 1.0)
+        _check_nan("log_prob_grad", np.asarray(J), g)
         return J, self._grad_dict(g)
 
     def jacobian(self, x) -> np.ndarray:
@@ -146,19 +152,24 @@ class Flow(_ParamModel):
         error (n,)). As σ → 0 it tends to log_prob(x) (the deterministic VAE's ELBO)."""
         x = as_matrix("x", x, self.dim, np.float64)
         sigma = check_float("sigma", sigma, positive=True)
-        S = check_int("n_samples", n_samples, 2)
         n, D = x.shape
+        S = check_count("n_samples", n_samples, n * D * D, minimum=2)
         z0, _ = self.forward(x)
         J = self.jacobian(x)
         _, logabsdet = np.linalg.slogdet(J)
         eps = _random.normal((S, n, D), seed=check_int("seed", seed, 0))
         z = z0 + sigma * np.einsum("bij,sbj->sbi", J, eps)                           # (S, n, D)
+        if not np.isfinite(z).all():
+            raise ValueError(f"sigma = {sigma} with these x puts q(z|x)'s samples beyond float64; use a smaller sigma")
         xr = self.inverse(z.reshape(S * n, D)).reshape(S, n, D)
-        logpx = -0.5 * (D * (LOG_2PI + 2 * math.log(sigma)) + ((x - xr) ** 2).sum(-1) / sigma ** 2)
+        logpx = -0.5 * (D * (LOG_2PI + 2 * math.log(sigma)) + ((x - xr) ** 2).sum(-1) / np.float64(sigma) ** 2)
         logpz = -0.5 * (D * LOG_2PI + (z * z).sum(-1))
         logq = -0.5 * (D * (LOG_2PI + 2 * math.log(sigma)) + (eps * eps).sum(-1)) - logabsdet
         t = logpx + logpz - logq
-        return t.mean(axis=0), t.std(axis=0, ddof=1) / math.sqrt(S)
+        with np.errstate(invalid="ignore", over="ignore"):
+            mean, se = t.mean(axis=0), t.std(axis=0, ddof=1) / math.sqrt(S)
+        _check_nan("elbo_smoothed", mean, se, args="x and sigma")
+        return mean, se
 
     # -- training -------------------------------------------------------------------------------
     def fit(self, x, epochs: int = 100, batch_size: int = 256, lr: float = 1e-3, optimizer: str = "adam",

@@ -52,6 +52,7 @@ from . import io as _io
 from . import random as _random
 from ._fit import fit_options, run_fit
 from ._validation import DTYPES, as_array, as_matrix, check_bool, check_choice, check_float, check_int, check_widths
+from ._validation import MAX_ELEMENTS, check_count, check_num_params, mlp_params  # noqa: F401
 from .results import History, mean_stderr
 from .vae import KL_METHODS, VAE, _check_model_options, _check_nan, _ParamModel
 
@@ -142,6 +143,9 @@ class HVAE(_ParamModel):
         x_dim = check_int("x_dim", x_dim, 1)
         z_dims = check_widths("z_dims", z_dims, allow_empty=False)
         hidden = check_widths("hidden", hidden)
+        ins = [x_dim, *z_dims[:-1]]
+        check_num_params("x_dim, z_dims and hidden", sum(2 * mlp_params([a, *hidden, 2 * z]) + a
+                                                          for a, z in zip(ins, z_dims)))
         check_choice("structure", structure, STRUCTURES)
         seed, learned, fixed = _check_model_options(likelihood, activation, dtype, seed, decoder_var)
         self.config = dict(x_dim=x_dim, z_dims=list(z_dims), hidden=list(hidden), structure=structure,
@@ -175,7 +179,7 @@ class HVAE(_ParamModel):
         """One (S*n, z_l) array per level from eps [(S, n, z_l)] or from the seed (level-blocked)."""
         L, zd = self.levels, self.z_dims
         if eps is None:
-            S = 1 if n_samples is None else check_int("n_samples", n_samples, 1)
+            S = 1 if n_samples is None else check_count("n_samples", n_samples, n * sum(zd))
             seed = check_int("seed", seed, 0)
             flat = _random.normal(S * n * sum(zd), seed=seed)
             out, off = [], 0
@@ -261,7 +265,9 @@ class HVAE(_ParamModel):
             if isinstance(eps, (list, tuple)):
                 eps = [np.asarray(a)[None] if np.ndim(a) == 2 else a for a in eps]
             e, _ = self._eps(x.shape[0], 1, eps, 0)
-        return [tuple(p) for p in self._core.encode(x, e)]
+        out = [tuple(p) for p in self._core.encode(x, e)]
+        _check_nan("encode", *[a for p in out for a in p])
+        return out
 
     def encode_top(self, x):
         """(mu, logvar) (n, z_L) of the top level's Gaussian, as ek.surgery uses it: exactly q(z_L|x)
@@ -277,7 +283,9 @@ class HVAE(_ParamModel):
         if level > self.levels:
             raise ValueError(f"level must be an integer in [1, {self.levels}], got {level}")
         z = as_matrix("z", z, self.z_dims[level - 1], self._np_dtype)
-        return self._core.decode(z, level, not logits)
+        out = self._core.decode(z, level, not logits)
+        _check_nan("decode", out, args="z")
+        return out
 
     def prior(self, z, level: int):
         """(mu, logvar), each (n, z_dims[level-2]): the Gaussian of p(z_{level-1} | z_level) for z
@@ -286,7 +294,9 @@ class HVAE(_ParamModel):
         if level > self.levels:
             raise ValueError(f"level must be an integer in [2, {self.levels}], got {level}")
         z = as_matrix("z", z, self.z_dims[level - 1], self._np_dtype)
-        return self._core.prior(z, level)
+        mu, logvar = self._core.prior(z, level)
+        _check_nan("prior", mu, logvar, args="z")
+        return mu, logvar
 
     def reconstruct(self, x, sample: bool = False, seed: int = 0) -> np.ndarray:
         """Decoder mean at z_1 on the chain's mean path, or at one sample of the chain when sample=True."""
@@ -303,7 +313,7 @@ class HVAE(_ParamModel):
         """n ancestral samples of p: z_L ~ N(0, I), z_l ~ p(z_l|z_{l+1}), decoded to the mean of
         p(x|z_1) (n, x_dim); with return_latent, (x, [z_1, ..., z_L]). The noise is
         ``ek.random.normal(n * sum(z_dims), seed, STREAMS['sample'])`` in level blocks (n, z_l)."""
-        n = check_int("n", n, 1)
+        n = check_count("n", n, max(self.x_dim, sum(self.z_dims)))
         seed = check_int("seed", seed, 0)
         flat = _random.normal(n * sum(self.z_dims), seed=seed, stream=_random.STREAMS["sample"])
         eps, off = [], 0

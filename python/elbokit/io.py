@@ -43,19 +43,31 @@ def load(path):
         raise FileNotFoundError(f"no model file at {path!r}")
     try:
         with np.load(path, allow_pickle=False) as f:
+            if not hasattr(f, "files"):
+                raise ValueError("it holds a single array, not an archive")
             if "__elbokit__" not in f.files:
                 raise ValueError("it has no elbokit header")
             header = json.loads(str(f["__elbokit__"]))
             params = {k[len("param/"):]: f[k] for k in f.files if k.startswith("param/")}
-    except (zipfile.BadZipFile, OSError, EOFError, KeyError, json.JSONDecodeError, ValueError) as e:
+    except MemoryError:
+        raise
+    except Exception as e:  # a damaged archive fails in zipfile, zlib, struct, NumPy's format or JSON
         raise ValueError(f"{path!r} is not a readable elbokit model file ({type(e).__name__}: {e})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path!r} is not an elbokit model file (its header is not a JSON object)")
     if header.get("format") != FORMAT:
         raise ValueError(f"{path!r} is not an elbokit model file (format {header.get('format')!r})")
     if header.get("version") != VERSION:
         raise ValueError(f"{path!r} has format version {header.get('version')!r}; this elbokit reads version {VERSION}")
-    cls = _REGISTRY.get(header.get("class"))
+    cls = _REGISTRY.get(header.get("class")) if isinstance(header.get("class"), str) else None
     if cls is None:
         raise ValueError(f"{path!r} holds an unknown model class {header.get('class')!r}; known: {sorted(_REGISTRY)}")
-    model = cls(**header["config"])
-    model.set_parameters(params)
+    config = header.get("config")
+    if not isinstance(config, dict):
+        raise ValueError(f"{path!r} is damaged: its model configuration is {config!r}, not a JSON object")
+    try:
+        model = cls(**config)
+        model.set_parameters(params)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path!r} is damaged: its {cls.__name__} configuration or parameters do not load ({e})") from None
     return model

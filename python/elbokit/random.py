@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _core
-from ._validation import check_int
+from ._validation import MAX_ELEMENTS, check_int
 
 __all__ = ["normal", "uniform", "permutation", "STREAMS"]
 
@@ -32,9 +32,14 @@ STREAMS = {
 def _shape(shape) -> tuple:
     if isinstance(shape, (int, np.integer)):
         shape = (int(shape),)
-    shape = tuple(shape)
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        raise ValueError(f"shape must be an integer or a tuple of integers >= 0, got {shape!r}") from None
     for i, s in enumerate(shape):
         check_int(f"shape[{i}]", s, minimum=0)
+    if int(np.prod(shape, dtype=object)) > MAX_ELEMENTS:
+        raise ValueError(f"shape must hold at most {MAX_ELEMENTS} numbers, got {shape}")
     return shape
 
 
@@ -56,7 +61,7 @@ def uniform(shape, seed: int = 0, stream: int = 0) -> np.ndarray:
 
 def permutation(n: int, seed: int = 0, stream: int = 0) -> np.ndarray:
     """A permutation of 0..n-1 (int64), as fit's shuffling draws it."""
-    check_int("n", n, 0)
+    check_int("n", n, 0, MAX_ELEMENTS)
     check_int("seed", seed, 0)
     check_int("stream", stream, 0)
     return _core.permutation(n, seed, stream)

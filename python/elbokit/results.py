@@ -69,8 +69,9 @@ class History(dict):
     train_reconstruction, train_kl, beta, grad_norm (mean before clipping), val_elbo,
     val_reconstruction, val_kl (when validation data is given), kl_terms (epochs, K: KL per latent
     dimension or level), active_units (epochs, groups; on the validation data, else on the first
-    2048 training rows; empty when fit(active_units=False)), step_loss (one per step), steps (steps done)
-    and stopped_early. The objective is a bound only when beta == 1 and free_bits == 0;
+    2048 training rows; empty when fit(active_units=False)), step_loss (one per step), steps (steps done),
+    stopped_early, diverged (whether a non-finite loss or gradient stopped training) and
+    diverged_at_step (that step, numbered from 0, or None; also ``divergence``: the message). The objective is a bound only when beta == 1 and free_bits == 0;
     ``train_elbo`` is always the true ELBO of the training minibatches."""
 
     def __getattr__(self, name):

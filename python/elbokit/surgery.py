@@ -22,7 +22,7 @@ import numpy as np
 
 from . import _core
 from . import random as _random
-from ._validation import as_array, check_int
+from ._validation import as_array, check_count, check_int
 from .results import mean_stderr
 
 __all__ = ["surgery", "SurgeryResult", "log_aggregate_posterior"]
@@ -97,9 +97,9 @@ def surgery(model, x, seed: int = 0, n_samples: int = 1, n_aggregate: int | None
     the log, for very large n).
     """
     seed = check_int("seed", seed, 0)
-    S = check_int("n_samples", n_samples, 1)
     mu, lv = _posterior(model, x)
     n, Z = mu.shape
+    S = check_count("n_samples", n_samples, n * Z)
     if n < 2:
         raise ValueError(f"x must hold at least 2 points for the surgery, got {n}")
     if n_aggregate is None:

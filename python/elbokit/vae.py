@@ -14,7 +14,8 @@ from . import _core
 from . import io as _io
 from . import random as _random
 from ._fit import fit_options, run_fit
-from ._validation import DTYPES, as_array, as_matrix, check_bool, check_choice, check_float, check_int, check_widths
+from ._validation import (DTYPES, as_array, as_matrix, check_bool, check_choice, check_count, check_float, check_int,
+                          check_num_params, check_widths, mlp_params)
 from .results import ElboResult, History
 
 __all__ = ["VAE", "ACTIVATIONS", "LIKELIHOODS"]
@@ -36,13 +37,20 @@ def _check_model_options(likelihood, activation, dtype, seed, decoder_var):
     return seed, False, check_float("decoder_var", decoder_var, positive=True)
 
 
-def _check_nan(what: str, *arrays) -> None:
-    """No silent NaN: a NaN result means the parameters overflow (for example an encoder
-    log-variance beyond ~700); infinities are honest results and pass."""
+class NonFiniteResultError(FloatingPointError, ValueError):
+    """A result that came out NaN: the inputs' magnitude or the model's parameters overflow the
+    computation. Both a FloatingPointError and a ValueError (the inputs are out of the model's range)."""
+
+
+def _check_nan(what: str, *arrays, args: str = "x") -> None:
+    """No silent NaN: a NaN result means the computation overflows, from the inputs' magnitude (for
+    example |x| ~ 1e300) or the parameters (an encoder log-variance beyond ~700); infinities are
+    honest results and pass."""
     for a in arrays:
         if np.isnan(a).any():
-            raise FloatingPointError(f"{what} produced NaN: the model's parameters overflow "
-                                     f"(check encoder.logvar and the decoder's outputs)")
+            raise NonFiniteResultError(f"{what} produced NaN: the computation overflows for these values of {args} "
+                                       f"or these parameters (check the scale of {args}, encoder.logvar and the "
+                                       f"decoder's outputs)")
 
 
 class _ParamModel:
@@ -111,6 +119,8 @@ class VAE(_ParamModel):
         x_dim = check_int("x_dim", x_dim, 1)
         z_dim = check_int("z_dim", z_dim, 1)
         hidden = check_widths("hidden", hidden)
+        check_num_params("x_dim, z_dim and hidden", mlp_params([x_dim, *hidden, 2 * z_dim]) +
+                         mlp_params([z_dim, *hidden[::-1], x_dim]) + x_dim)
         seed, learned, fixed = _check_model_options(likelihood, activation, dtype, seed, decoder_var)
         self.config = dict(x_dim=x_dim, z_dim=z_dim, hidden=list(hidden), likelihood=likelihood,
                            activation=activation, dtype=dtype, seed=seed,
@@ -147,7 +157,7 @@ class VAE(_ParamModel):
     def _eps(self, n: int, n_samples, eps, seed) -> tuple[np.ndarray, int]:
         """Noise (S*n, Z) in the engine's layout from eps (S, n, Z) or from the seed."""
         if eps is None:
-            S = 1 if n_samples is None else check_int("n_samples", n_samples, 1)
+            S = 1 if n_samples is None else check_count("n_samples", n_samples, n * self.z_dim)
             seed = check_int("seed", seed, 0)
             e = _random.normal((S, n, self.z_dim), seed=seed)
         else:
@@ -190,6 +200,7 @@ class VAE(_ParamModel):
         free_bits = check_float("free_bits", free_bits, minimum=0.0)
         e, S = self._eps(x.shape[0], n_samples, eps, seed)
         J, *_, g = self._core.objective_grad(x, e, S, kl, beta, free_bits, 1.0)
+        _check_nan("objective_grad", np.asarray(J), g)
         return J, self._grad_dict(g)
 
     def log_likelihood(self, x, k: int = 5000, seed: int = 0) -> np.ndarray:
@@ -206,13 +217,17 @@ class VAE(_ParamModel):
     # -- the networks ---------------------------------------------------------------------------
     def encode(self, x):
         """(mu, logvar), each (n, z_dim), of q(z|x)."""
-        return self._core.encode(self._x(x))
+        mu, logvar = self._core.encode(self._x(x))
+        _check_nan("encode", mu, logvar)
+        return mu, logvar
 
     def decode(self, z, logits: bool = False) -> np.ndarray:
         """The mean of p(x|z) (n, x_dim): probabilities (Bernoulli) or means (Gaussian);
         Bernoulli logits when logits=True."""
         z = as_matrix("z", z, self.z_dim, self._np_dtype)
-        return self._core.decode(z, not logits)
+        out = self._core.decode(z, not logits)
+        _check_nan("decode", out, args="z")
+        return out
 
     def reconstruct(self, x, sample: bool = False, seed: int = 0) -> np.ndarray:
         """Decoder mean at z = mu(x), or at one sample z ~ q(z|x) when sample=True."""
@@ -224,7 +239,7 @@ class VAE(_ParamModel):
 
     def sample(self, n: int, seed: int = 0, return_latent: bool = False):
         """n draws z ~ N(0, I) decoded to the mean of p(x|z) (n, x_dim); with return_latent, (x, z)."""
-        n = check_int("n", n, 1)
+        n = check_count("n", n, max(self.x_dim, self.z_dim))
         seed = check_int("seed", seed, 0)
         z = _random.normal((n, self.z_dim), seed=seed, stream=_random.STREAMS["sample"]).astype(self._np_dtype)
         x = self.decode(z)
@@ -256,8 +271,9 @@ class VAE(_ParamModel):
         draws its noise from ``ek.random.normal((n_samples, batch, z_dim), seed,
         STREAMS['train_noise'] + t)``. KL warm-up: beta_t = beta * min(1, t / warmup_steps). Free
         bits: each dimension's batch-mean KL is replaced by max(free_bits, KL_j). ``momentum`` is
-        used by optimizer="sgd" only. A non-finite loss raises FloatingPointError naming the step;
-        the parameters stay those of the last finite step and ``err.history`` holds the history.
+        used by optimizer="sgd" only. A non-finite loss or gradient stops training with an
+        ek.DivergenceWarning naming the step; the parameters stay those of the last finite step
+        and the History records it (``diverged``, ``diverged_at_step``).
         ``active_units``: count the active units at each epoch's end (an encoder pass over the
         validation data, else over the first 2048 training rows); False skips that pass, and the
         history's ``active_units`` is then empty.
