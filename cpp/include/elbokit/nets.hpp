@@ -16,13 +16,14 @@
 namespace elbokit {
 
 struct NetSpec {
-  std::string kind = "mlp";         // "mlp"
-  std::vector<Index> widths;        // mlp: the hidden layers' widths
+  std::string kind = "mlp";         // "mlp" or "conv"
+  std::vector<Index> widths;        // mlp: the hidden layers' widths; conv: the channels per level
+  std::vector<Index> image_shape;   // conv: (C, H, W) of the images (conv_nets.hpp)
   std::string activation = "relu";  // layers.hpp: activation_names()
   std::string arg = "hidden";       // the user's argument behind `widths`, for error messages
 };
 
-inline const char* net_kinds() { return "'mlp'"; }
+inline const char* net_kinds() { return "'mlp', 'conv'"; }
 
 inline NetSpec mlp_spec(const std::vector<Index>& widths, const std::string& activation,
                         const std::string& arg = "hidden") {
@@ -40,9 +41,30 @@ inline NetSpec mirrored(NetSpec s) {
   return s;
 }
 
+// The conv networks (conv_nets.hpp), compiled once in cpp/src/conv_nets.cpp so that a change to the
+// image layers recompiles no model file.
+std::string image_shape_str(const std::vector<Index>& s);  // "(1, 28, 28)"
+// Checks the image shape (C, H, W) and the channels: the sides must halve len(channels) times;
+// `arg` names the channels' argument.
+void check_conv_net(const std::vector<Index>& image, const std::vector<Index>& widths, const std::string& arg);
+// The conv encoder (out = 0) or decoder (out = C·H·W) of conv_nets.hpp.
+template <class T>
+ModulePtr<T> make_conv_net(ParamLayout& layout, const std::string& prefix, const NetSpec& s, Index in, Index cond,
+                           Index out);
+extern template ModulePtr<float> make_conv_net<float>(ParamLayout&, const std::string&, const NetSpec&, Index, Index,
+                                                      Index);
+extern template ModulePtr<double> make_conv_net<double>(ParamLayout&, const std::string&, const NetSpec&, Index,
+                                                        Index, Index);
+
 // Checks a spec without building it (the models check every option before they allocate).
 inline void check_net_spec(const NetSpec& s) {
-  if (s.kind != "mlp") fail("net must be one of " + std::string(net_kinds()) + ", got '" + s.kind + "'");
+  if (s.kind != "mlp" && s.kind != "conv")
+    fail("net must be one of " + std::string(net_kinds()) + ", got '" + s.kind + "'");
+  if (s.kind == "conv") {
+    check_conv_net(s.image_shape, s.widths, s.arg);
+    activation_from_string(s.activation);
+    return;
+  }
   for (size_t i = 0; i < s.widths.size(); ++i)
     if (s.widths[i] <= 0)
       fail(s.arg + " must hold positive layer widths, got " + std::to_string(s.widths[i]) + " at position " +
@@ -56,6 +78,7 @@ template <class T>
 ModulePtr<T> make_net(ParamLayout& layout, const std::string& prefix, const NetSpec& s, Index in, Index cond,
                       Index out) {
   check_net_spec(s);
+  if (s.kind == "conv") return make_conv_net<T>(layout, prefix, s, in, cond, out);
   return std::make_unique<MLP<T>>(layout, prefix, in, cond, s.widths, activation_from_string(s.activation), out);
 }
 
