@@ -48,7 +48,7 @@ void bind_hvae_t(py::module_& m, const char* name) {
              c.z_dims = std::move(z_dims);
              c.encoder = mlp_spec(hidden, activation);
              c.decoder = mirrored(c.encoder);
-             if (level0) c.encoder0 = c.decoder0 = *level0;  // a conv net: its decoder runs the channels reversed
+             c.encoder0 = c.decoder0 = level0;  // a conv net: its decoder runs the channels reversed
              c.structure = std::move(structure);
              c.likelihood = std::move(likelihood);
              c.learned_var = learned_var;
