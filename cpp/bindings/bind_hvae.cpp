@@ -42,12 +42,13 @@ void bind_hvae_t(py::module_& m, const char* name) {
   cls
       .def(py::init([](Index x_dim, std::vector<Index> z_dims, std::vector<Index> hidden, std::string structure,
                        std::string activation, std::string likelihood, bool learned_var, double fixed_var,
-                       uint64_t seed) {
+                       uint64_t seed, std::optional<NetSpec> level0) {
              HVAEConfig c;
              c.x_dim = x_dim;
              c.z_dims = std::move(z_dims);
              c.encoder = mlp_spec(hidden, activation);
              c.decoder = mirrored(c.encoder);
+             c.encoder0 = c.decoder0 = level0;  // a conv net: its decoder runs the channels reversed
              c.structure = std::move(structure);
              c.likelihood = std::move(likelihood);
              c.learned_var = learned_var;
@@ -55,7 +56,8 @@ void bind_hvae_t(py::module_& m, const char* name) {
              return new M(c, seed);
            }),
            py::arg("x_dim"), py::arg("z_dims"), py::arg("hidden"), py::arg("structure"), py::arg("activation"),
-           py::arg("likelihood"), py::arg("learned_var"), py::arg("fixed_var"), py::arg("seed"))
+           py::arg("likelihood"), py::arg("learned_var"), py::arg("fixed_var"), py::arg("seed"),
+           py::arg("level0") = py::none())
       .def("encode", [](M& v, CRef x, std::optional<std::vector<Mat<T>>> eps) {
         std::vector<Mat<T>> mu, lv;
         Vec<T> e;

@@ -11,7 +11,7 @@ using namespace elbokit;
 namespace elbokit_py {
 
 void bind_nets(py::module_& m) {
-  py::class_<NetSpec>(m, "NetSpec", "A network's description: kind, layer widths, activation.")
+  py::class_<NetSpec>(m, "NetSpec", "A network's description: kind, layer widths (conv: channels), activation, image shape and GroupNorm groups (conv, unet).")
       .def(py::init([](std::string kind, std::vector<Index> widths, std::string activation, std::string arg,
                        std::vector<Index> image_shape) {
              NetSpec s;

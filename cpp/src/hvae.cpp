@@ -18,6 +18,8 @@ HVAE<T>::HVAE(const HVAEConfig& cfg, uint64_t seed) : cfg_(cfg) {
            std::to_string(l));
   check_net_spec(cfg.encoder);
   check_net_spec(cfg.decoder);
+  check_net_spec(cfg.encoder_at(0));
+  check_net_spec(cfg.decoder_at(0));
   structure_ = structure_from_string(cfg.structure);
   if (cfg.likelihood == "bernoulli")
     lik_ = Likelihood::Bernoulli;
@@ -37,11 +39,11 @@ HVAE<T>::HVAE(const HVAEConfig& cfg, uint64_t seed) : cfg_(cfg) {
   // 1. encoder.l: markov q(z_{l+1}|z_l) on z_l (z_0 = x); topdown: bottom-up block l on d_l (d_0 = x)
   Index in = cfg.x_dim;
   for (Index l = 0; l < L_; ++l) {
-    enc_.push_back(make_gaussian_net<T>(layout_, name("encoder", l), cfg.encoder, in, cfg.z_dims[size_t(l)]));
+    enc_.push_back(make_gaussian_net<T>(layout_, name("encoder", l), cfg.encoder_at(l), in, cfg.z_dims[size_t(l)]));
     in = structure_ == Structure::Markov ? cfg.z_dims[size_t(l)] : enc_.back().body->out_dim();
   }
   // 2. decoder.0: p(x|z_1), its output layer decoder.0.out
-  dec_ = make_net<T>(layout_, name("decoder", 0), cfg.decoder, cfg.z_dims[0], 0, cfg.x_dim);
+  dec_ = make_net<T>(layout_, name("decoder", 0), cfg.decoder_at(0), cfg.z_dims[0], 0, cfg.x_dim);
   if (lik_ == Likelihood::Gaussian && cfg.learned_var) dec_lv_ = layout_.add(name("decoder", 0) + ".logvar", {cfg.x_dim});
   // 3. decoder.l, l ≥ 1: p(z_l|z_{l+1}) (1-based), i.e. level l's z to level l−1's prior (0-based)
   prior_.resize(size_t(L_));

@@ -279,6 +279,7 @@ def _info(args) -> int:
         ("products", _core.gemm_backend()),
         ("dtypes", "float32 (speed), float64 (verification)"),
         ("models", ", ".join(MODELS)),
+        ("nets", _core.NET_KINDS.replace("'", "")),
         ("data sets", ", ".join(datasets.DATASETS)),
         ("fashion_mnist", f"{fm} ({'found' if os.path.isdir(fm) else 'not found'})"),
         ("python", f"{platform.python_version()} ({sys.executable})"),

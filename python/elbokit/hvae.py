@@ -54,7 +54,7 @@ from ._fit import fit_options, run_fit
 from ._validation import DTYPES, as_array, as_matrix, check_bool, check_choice, check_float, check_int, check_widths
 from ._validation import MAX_ELEMENTS, check_count, check_num_params, mlp_params  # noqa: F401
 from .results import History, mean_stderr
-from .vae import KL_METHODS, VAE, _check_model_options, _check_nan, _ParamModel
+from .vae import KL_METHODS, NETS, VAE, _check_model_options, _check_nan, _conv_spec, _ParamModel
 
 __all__ = ["HVAE", "HElboResult", "STRUCTURES"]
 
@@ -132,28 +132,43 @@ class HVAE(_ParamModel):
     ----------
     x_dim : data dimension.
     z_dims : latent widths bottom to top, (z_1, ..., z_L).
-    hidden : widths of every network's hidden layers (encoders; decoders use them reversed).
+    hidden : widths of every network's hidden layers (encoders; decoders use them reversed);
+        with net="conv", of the levels above the first.
+    net : "mlp", or "conv" for images: p(x|z_1) (``decoder.0``) and q's first network (``encoder.0``:
+        q(z_1|x), or the bottom-up block 0) are the conv networks of ``ek.VAE(net="conv")``; the
+        upper levels stay MLPs with ``hidden``.
+    image_shape, channels : net="conv": (C, H, W) and the channels per level, as ``ek.VAE``.
     structure : "markov" or "topdown".
     likelihood, activation, dtype, seed, decoder_var : as ``ek.VAE``.
     """
 
-    def __init__(self, x_dim: int, z_dims=(16, 8, 4), hidden=(128,), structure: str = "markov",
+    def __init__(self, x_dim, z_dims=(16, 8, 4), hidden=(128,), structure: str = "markov",
                  likelihood: str = "bernoulli", activation: str = "relu", dtype: str = "float32", seed: int = 0,
-                 decoder_var="learned"):
-        x_dim = check_int("x_dim", x_dim, 1)
+                 decoder_var="learned", net: str = "mlp", image_shape=None, channels=None):
+        check_choice("net", net, NETS)
         z_dims = check_widths("z_dims", z_dims, allow_empty=False)
         hidden = check_widths("hidden", hidden)
+        check_choice("structure", structure, STRUCTURES)
+        seed, learned, fixed = _check_model_options(likelihood, activation, dtype, seed, decoder_var)
+        level0, extra = None, {}
+        if net == "conv":  # level 0's networks (encoder.0, decoder.0) convolutional; the others MLPs
+            level0, image_shape, channels, x_dim = _conv_spec(x_dim, None, image_shape, channels, activation)
+            extra = dict(net="conv", image_shape=list(image_shape), channels=list(channels))
+        else:
+            for name, v in (("image_shape", image_shape), ("channels", channels)):
+                if v is not None:
+                    raise ValueError(f"{name} is for net='conv', got {name}={v!r} with net='mlp'")
+            x_dim = check_int("x_dim", x_dim, 1)
         ins = [x_dim, *z_dims[:-1]]
         check_num_params("x_dim, z_dims and hidden", sum(2 * mlp_params([a, *hidden, 2 * z]) + a
                                                           for a, z in zip(ins, z_dims)))
-        check_choice("structure", structure, STRUCTURES)
-        seed, learned, fixed = _check_model_options(likelihood, activation, dtype, seed, decoder_var)
         self.config = dict(x_dim=x_dim, z_dims=list(z_dims), hidden=list(hidden), structure=structure,
                            likelihood=likelihood, activation=activation, dtype=dtype, seed=seed,
-                           decoder_var="learned" if learned else fixed)
+                           decoder_var="learned" if learned else fixed, **extra)
         self._np_dtype = DTYPES[dtype]
         cls = _core.HVAE_f32 if dtype == "float32" else _core.HVAE_f64
-        self._core = cls(x_dim, list(z_dims), list(hidden), structure, activation, likelihood, learned, fixed, seed)
+        self._core = cls(x_dim, list(z_dims), list(hidden), structure, activation, likelihood, learned, fixed, seed,
+                         level0)
         self._init_layout()
 
     # -- configuration --------------------------------------------------------------------------
@@ -168,7 +183,9 @@ class HVAE(_ParamModel):
 
     def __repr__(self) -> str:
         c = self.config
-        return (f"HVAE(x_dim={c['x_dim']}, z_dims={tuple(c['z_dims'])}, hidden={tuple(c['hidden'])}, "
+        conv = (f"net='conv', image_shape={tuple(c['image_shape'])}, channels={tuple(c['channels'])}, "
+                if c.get("net") == "conv" else "")
+        return (f"HVAE(x_dim={c['x_dim']}, z_dims={tuple(c['z_dims'])}, hidden={tuple(c['hidden'])}, {conv}"
                 f"structure={c['structure']!r}, likelihood={c['likelihood']!r}, activation={c['activation']!r}, "
                 f"dtype={c['dtype']!r}) with {self.num_parameters} parameters")
 

@@ -23,6 +23,35 @@ __all__ = ["VAE", "ACTIVATIONS", "LIKELIHOODS"]
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "softplus", "elu", "silu", "leaky_relu")
 LIKELIHOODS = ("bernoulli", "gaussian")
 KL_METHODS = ("analytic", "mc")
+NETS = ("mlp", "conv")
+
+
+def _conv_spec(x_dim, hidden, image_shape, channels, activation, arg="channels"):
+    """The conv network's description (cpp/include/elbokit/conv_nets.hpp: Conv2d(4, 2, 1) levels in
+    the encoder, ConvTranspose2d(4, 2, 1) in the decoder); returns (spec, image_shape, channels, x_dim).
+    x_dim may be None (then C·H·W) or must equal C·H·W; `hidden` does not apply to a conv network."""
+    if hidden is not None:
+        raise ValueError(f"hidden is for net='mlp'; net='conv' takes channels (per level), got hidden={hidden!r}")
+    if image_shape is None:
+        raise ValueError("image_shape must be given as (C, H, W) with net='conv', got None")
+    try:
+        ok = len(image_shape) == 3 and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
+                                           for v in image_shape)
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"image_shape must be three positive integers (C, H, W), got {image_shape!r}")
+    image_shape = tuple(int(v) for v in image_shape)
+    channels = check_widths(arg, (32, 64) if channels is None else channels, allow_empty=False)
+    D = image_shape[0] * image_shape[1] * image_shape[2]
+    if x_dim is None:
+        x_dim = D
+    elif check_int("x_dim", x_dim, 1) != D:
+        raise ValueError(f"x_dim must equal C·H·W = {D} for image_shape {image_shape}, got {x_dim} "
+                         f"(or pass x_dim=None)")
+    spec = _core.NetSpec("conv", list(channels), activation, arg, list(image_shape))
+    spec.check()  # the sides must halve len(channels) times
+    return spec, image_shape, channels, x_dim
 
 
 def _check_model_options(likelihood, activation, dtype, seed, decoder_var):
@@ -104,8 +133,17 @@ class VAE(_ParamModel):
 
     Parameters
     ----------
-    x_dim, z_dim : data and latent dimensions.
-    hidden : widths of the encoder's hidden layers; the decoder uses them reversed. () is linear.
+    x_dim, z_dim : data and latent dimensions (x_dim may be None with net="conv": C·H·W).
+    hidden : net="mlp": widths of the encoder's hidden layers (default (128, 128)); the decoder
+        uses them reversed. () is linear. Not accepted with net="conv".
+    net : "mlp", or "conv" for images: the encoder is Conv2d(c_{i-1}, c_i, 4, stride 2,
+        padding 1) + activation per level (``encoder.{i}``), the decoder a Linear ``decoder.fc``
+        to (c_last, H/2^n, W/2^n) + activation, then ConvTranspose2d(4, 2, 1) + activation per level
+        reversed (``decoder.{j}``) and the last one to C channels (``decoder.out``); layouts as
+        torch.nn.Conv2d / ConvTranspose2d, so their weights load by name. Rows of x are the images
+        flattened in C, H, W order (``x.reshape(n, -1)`` of an (n, C, H, W) array).
+    image_shape : net="conv": (C, H, W); H and W must be divisible by 2^len(channels).
+    channels : net="conv": channels per level (default (32, 64)).
     likelihood : "bernoulli" (logits) or "gaussian".
     activation : one of ACTIVATIONS.
     dtype : "float32" (speed) or "float64" (verification).
@@ -114,34 +152,51 @@ class VAE(_ParamModel):
         ``decoder.logvar``, clamped to [-10, 10]) or a positive fixed variance.
     """
 
-    def __init__(self, x_dim: int, z_dim: int, hidden=(128, 128), likelihood: str = "bernoulli",
-                 activation: str = "relu", dtype: str = "float32", seed: int = 0, decoder_var="learned"):
-        x_dim = check_int("x_dim", x_dim, 1)
+    def __init__(self, x_dim, z_dim: int, hidden=None, likelihood: str = "bernoulli",
+                 activation: str = "relu", dtype: str = "float32", seed: int = 0, decoder_var="learned",
+                 net: str = "mlp", image_shape=None, channels=None):
+        check_choice("net", net, NETS)
         z_dim = check_int("z_dim", z_dim, 1)
-        hidden = check_widths("hidden", hidden)
-        check_num_params("x_dim, z_dim and hidden", mlp_params([x_dim, *hidden, 2 * z_dim]) +
-                         mlp_params([z_dim, *hidden[::-1], x_dim]) + x_dim)
         seed, learned, fixed = _check_model_options(likelihood, activation, dtype, seed, decoder_var)
-        self.config = dict(x_dim=x_dim, z_dim=z_dim, hidden=list(hidden), likelihood=likelihood,
-                           activation=activation, dtype=dtype, seed=seed,
+        if net == "conv":
+            encoder, image_shape, channels, x_dim = _conv_spec(x_dim, hidden, image_shape, channels, activation)
+            decoder = encoder  # the decoder runs the channels reversed (conv_nets.hpp)
+            self.config = dict(x_dim=x_dim, z_dim=z_dim, net="conv", image_shape=list(image_shape),
+                               channels=list(channels))
+        else:
+            for name, v in (("image_shape", image_shape), ("channels", channels)):
+                if v is not None:
+                    raise ValueError(f"{name} is for net='conv', got {name}={v!r} with net='mlp'")
+            x_dim = check_int("x_dim", x_dim, 1)
+            hidden = check_widths("hidden", (128, 128) if hidden is None else hidden)
+            check_num_params("x_dim, z_dim and hidden", mlp_params([x_dim, *hidden, 2 * z_dim]) +
+                             mlp_params([z_dim, *hidden[::-1], x_dim]) + x_dim)
+            encoder = _core.NetSpec("mlp", list(hidden), activation, "hidden")
+            decoder = encoder.mirrored()
+            self.config = dict(x_dim=x_dim, z_dim=z_dim, hidden=list(hidden))
+        self.config.update(likelihood=likelihood, activation=activation, dtype=dtype, seed=seed,
                            decoder_var="learned" if learned else fixed)
         self._np_dtype = DTYPES[dtype]
         cls = _core.VAE_f32 if dtype == "float32" else _core.VAE_f64
-        encoder = _core.NetSpec("mlp", list(hidden), activation, "hidden")
-        self._core = cls(x_dim, z_dim, encoder, encoder.mirrored(), likelihood, learned, fixed, seed)
+        self._core = cls(x_dim, z_dim, encoder, decoder, likelihood, learned, fixed, seed)
         self._init_layout()
 
     # -- configuration --------------------------------------------------------------------------
     x_dim = property(lambda self: self.config["x_dim"])
     z_dim = property(lambda self: self.config["z_dim"])
-    hidden = property(lambda self: tuple(self.config["hidden"]))
+    hidden = property(lambda self: tuple(self.config["hidden"]) if "hidden" in self.config else None)
+    net = property(lambda self: self.config.get("net", "mlp"))
+    image_shape = property(lambda self: tuple(self.config["image_shape"]) if "image_shape" in self.config else None)
+    channels = property(lambda self: tuple(self.config["channels"]) if "channels" in self.config else None)
     likelihood = property(lambda self: self.config["likelihood"])
     activation = property(lambda self: self.config["activation"])
     decoder_var = property(lambda self: self.config["decoder_var"])
 
     def __repr__(self) -> str:
         c = self.config
-        return (f"VAE(x_dim={c['x_dim']}, z_dim={c['z_dim']}, hidden={tuple(c['hidden'])}, "
+        net = (f"net='conv', image_shape={tuple(c['image_shape'])}, channels={tuple(c['channels'])}"
+               if self.net == "conv" else f"hidden={tuple(c['hidden'])}")
+        return (f"VAE(x_dim={c['x_dim']}, z_dim={c['z_dim']}, {net}, "
                 f"likelihood={c['likelihood']!r}, activation={c['activation']!r}, dtype={c['dtype']!r}"
                 + (f", decoder_var={c['decoder_var']!r}" if c["likelihood"] == "gaussian" else "") + ") "
                 f"with {self.num_parameters} parameters")

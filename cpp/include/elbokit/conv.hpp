@@ -102,6 +102,8 @@ inline bool conv_parallel(double flops, Index units) { return units > 1 && flops
 
 // ---- im2col / col2im -----------------------------------------------------------------------
 
+inline Index floor_div(Index a, Index b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }  // b > 0
+
 // im2col: col (K, P), row (c·k + i)·k + j, column oh·Wo + ow, = x (C, H, W) at
 // (c, oh·s − p + i, ow·s − p + j), or 0 outside the image.
 template <class T>
@@ -112,8 +114,8 @@ void im2col(T* col, const T* x, const ConvGeom& g) {
       for (Index j = 0; j < k; ++j) {
         T* row = col + ((c * k + i) * k + j) * Ho * Wo;
         // the output columns whose input column ow·s − p + j lies in [0, W)
-        const Index ow0 = std::min(Wo, std::max<Index>(0, ceil_div(p - j, s)));
-        const Index ow1 = std::max(ow0, std::min(Wo, (g.W - 1 + p - j) / s + 1));
+        const Index ow0 = std::min(Wo, std::max<Index>(0, -floor_div(j - p, s)));  // ⌈(p − j)/s⌉
+        const Index ow1 = std::max(ow0, std::min(Wo, floor_div(g.W - 1 + p - j, s) + 1));
         for (Index oh = 0; oh < Ho; ++oh) {
           T* r = row + oh * Wo;
           const Index ih = oh * s - p + i;
@@ -140,8 +142,8 @@ void col2im(T* x, const T* col, const ConvGeom& g) {
     for (Index i = 0; i < k; ++i)
       for (Index j = 0; j < k; ++j) {
         const T* row = col + ((c * k + i) * k + j) * Ho * Wo;
-        const Index ow0 = std::min(Wo, std::max<Index>(0, ceil_div(p - j, s)));
-        const Index ow1 = std::max(ow0, std::min(Wo, (g.W - 1 + p - j) / s + 1));
+        const Index ow0 = std::min(Wo, std::max<Index>(0, -floor_div(j - p, s)));  // ⌈(p − j)/s⌉
+        const Index ow1 = std::max(ow0, std::min(Wo, floor_div(g.W - 1 + p - j, s) + 1));
         for (Index oh = 0; oh < Ho; ++oh) {
           const Index ih = oh * s - p + i;
           if (ih < 0 || ih >= g.H) continue;

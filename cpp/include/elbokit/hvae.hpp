@@ -34,6 +34,7 @@
 #pragma once
 
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -105,6 +106,11 @@ struct HVAEConfig {
   std::vector<Index> z_dims;  // (L): Z_1 .. Z_L, bottom to top
   NetSpec encoder;  // every encoder.l body (q(z_{l+1}|z_l), or the bottom-up block l)
   NetSpec decoder;  // every decoder.l body (p(x|z_1) with its output layer, p(z_l|z_{l+1}))
+  // Level 0's networks when they differ (none: `encoder` / `decoder`): encoder.0 reads x
+  // (q(z_1|x), or the bottom-up block 0) and decoder.0 is p(x|z_1): e.g. a conv net for images.
+  std::optional<NetSpec> encoder0, decoder0;
+  const NetSpec& encoder_at(Index l) const { return l == 0 && encoder0 ? *encoder0 : encoder; }
+  const NetSpec& decoder_at(Index l) const { return l == 0 && decoder0 ? *decoder0 : decoder; }
   std::string structure = "markov";  // "markov" or "topdown"
   std::string likelihood = "bernoulli";
   bool learned_var = true;

@@ -12,31 +12,19 @@
 
 #include "elbokit/mlp.hpp"
 #include "elbokit/module.hpp"
-#include "elbokit/unet.hpp"
 
 namespace elbokit {
 
 struct NetSpec {
-  std::string kind = "mlp";         // "mlp", "unet"
-  std::vector<Index> widths;        // mlp: the hidden layers' widths; unet: the channels per level
+  std::string kind = "mlp";         // "mlp", "conv" or "unet"
+  std::vector<Index> widths;        // mlp: the hidden layers' widths; conv, unet: the channels per level
+  std::vector<Index> image_shape;   // conv, unet: (C, H, W) of the images (conv_nets.hpp, unet.hpp)
+  Index groups = 8;                 // unet: the groups of every GroupNorm
   std::string activation = "relu";  // layers.hpp: activation_names()
   std::string arg = "hidden";       // the user's argument behind `widths`, for error messages
-  std::vector<Index> image_shape;   // unet: (C, H, W) of the images
-  Index groups = 8;                 // unet: the groups of every GroupNorm
 };
 
-inline const char* net_kinds() { return "'mlp', 'unet'"; }
-
-inline std::string image_shape_str(const std::vector<Index>& s) {
-  std::string r = "(";
-  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
-  return r + (s.size() == 1 ? ",)" : ")");
-}
-
-inline void check_image_shape(const std::vector<Index>& s) {
-  if (s.size() != 3 || s[0] <= 0 || s[1] <= 0 || s[2] <= 0)
-    fail("image_shape must be (C, H, W), three positive integers, got " + image_shape_str(s));
-}
+inline const char* net_kinds() { return "'mlp', 'conv', 'unet'"; }
 
 inline NetSpec mlp_spec(const std::vector<Index>& widths, const std::string& activation,
                         const std::string& arg = "hidden") {
@@ -54,13 +42,43 @@ inline NetSpec mirrored(NetSpec s) {
   return s;
 }
 
+// The conv networks (conv_nets.hpp), compiled once in cpp/src/conv_nets.cpp so that a change to the
+// image layers recompiles no model file.
+std::string image_shape_str(const std::vector<Index>& s);  // "(1, 28, 28)"
+// Checks the image shape (C, H, W) and the channels: the sides must halve len(channels) times;
+// `arg` names the channels' argument.
+void check_conv_net(const std::vector<Index>& image, const std::vector<Index>& widths, const std::string& arg);
+// The conv encoder (out = 0) or decoder (out = C·H·W) of conv_nets.hpp.
+template <class T>
+ModulePtr<T> make_conv_net(ParamLayout& layout, const std::string& prefix, const NetSpec& s, Index in, Index cond,
+                           Index out);
+extern template ModulePtr<float> make_conv_net<float>(ParamLayout&, const std::string&, const NetSpec&, Index, Index,
+                                                      Index);
+extern template ModulePtr<double> make_conv_net<double>(ParamLayout&, const std::string&, const NetSpec&, Index,
+                                                        Index, Index);
+
+// The U-Net (unet.hpp), compiled once in cpp/src/unet.cpp: image (B, C·H·W) conditioned on
+// cond (B, C_cond) → out (B, k·H·W), k output maps (out must be a whole number of H·W maps).
+void check_image_shape(const std::vector<Index>& image);
+template <class T>
+ModulePtr<T> make_unet(ParamLayout& layout, const std::string& prefix, const NetSpec& s, Index in, Index cond,
+                       Index out);
+extern template ModulePtr<float> make_unet<float>(ParamLayout&, const std::string&, const NetSpec&, Index, Index, Index);
+extern template ModulePtr<double> make_unet<double>(ParamLayout&, const std::string&, const NetSpec&, Index, Index,
+                                                    Index);
+
 // Checks a spec without building it (the models check every option before they allocate).
 inline void check_net_spec(const NetSpec& s) {
-  if (s.kind != "mlp" && s.kind != "unet")
+  if (s.kind != "mlp" && s.kind != "conv" && s.kind != "unet")
     fail("net must be one of " + std::string(net_kinds()) + ", got '" + s.kind + "'");
   if (s.kind == "unet") {  // the rest is checked as the network is built (unet.hpp)
     check_image_shape(s.image_shape);
     if (s.groups <= 0) fail("groups must be a positive integer, got " + std::to_string(s.groups));
+    activation_from_string(s.activation);
+    return;
+  }
+  if (s.kind == "conv") {
+    check_conv_net(s.image_shape, s.widths, s.arg);
     activation_from_string(s.activation);
     return;
   }
@@ -77,18 +95,8 @@ template <class T>
 ModulePtr<T> make_net(ParamLayout& layout, const std::string& prefix, const NetSpec& s, Index in, Index cond,
                       Index out) {
   check_net_spec(s);
-  if (s.kind == "unet") {  // an image-to-image network: in = C·H·W, out = k·C·H·W (k output maps per channel)
-    const std::vector<Index>& im = s.image_shape;
-    const Index D = im[0] * im[1] * im[2];
-    if (in != D)
-      fail("x_dim must equal C·H·W = " + std::to_string(D) + " for image_shape " + image_shape_str(im) + ", got " +
-           std::to_string(in));
-    if (out <= 0 || out % (im[1] * im[2]))
-      fail("net='unet' maps images to images: its output must be a whole number of H·W maps, got " +
-           std::to_string(out) + " outputs");
-    return std::make_unique<UNet<T>>(layout, prefix, im[0], im[1], im[2], s.widths, s.groups,
-                                     activation_from_string(s.activation), cond, out / (im[1] * im[2]));
-  }
+  if (s.kind == "conv") return make_conv_net<T>(layout, prefix, s, in, cond, out);
+  if (s.kind == "unet") return make_unet<T>(layout, prefix, s, in, cond, out);
   return std::make_unique<MLP<T>>(layout, prefix, in, cond, s.widths, activation_from_string(s.activation), out);
 }
 
