@@ -7,13 +7,13 @@
 // *accumulate* (+=) into parameter gradients and into input gradients (nullptr: not needed).
 //
 // Parallelism and determinism (common.hpp: threading policy). Forward passes and input gradients
-// run in parallel over examples: an example's result never depends on the thread that computed it.
-// Parameter gradients are reduced over the batch in fixed chunks of examples (conv_chunks: their
-// count depends on B alone); each chunk sums its examples in order into its own partial, and the
+// run in parallel over groups of examples: a result never depends on the thread that computed it.
+// Parameter gradients are reduced over the batch in fixed chunks of examples (Chunks: their count
+// depends on the shape alone); each chunk sums its examples in order into its own partial, and the
 // partials are added in chunk order: bit-identical results for any number of threads.
 //
-// Scheme: im2col + GEMM (gemm.hpp) per example, the patches in a per-thread buffer of the caller's
-// ConvWork (kept in the module's cache: no allocation per step). Conv2d's forward is
+// Scheme: im2col + GEMM (gemm.hpp) on groups of examples side by side (Chunks), the patches in a
+// per-thread buffer of the caller's ConvWork (kept in the module's cache: no allocation per step). Conv2d's forward is
 // y_b (O, P) = W (O, K) · col(x_b) (K, P) + bias; ConvTranspose2d is the adjoint of a Conv2d from
 // its output to its input: col (K', P_in) = Wᵀ · x_b, then col2im into y_b.
 #pragma once
@@ -62,14 +62,17 @@ inline void check_conv_geom(const ConvGeom& g, const std::string& what, bool exa
 // Per-thread patch buffers and the parameter gradients' per-chunk partials, reused between calls.
 template <class T>
 struct ConvWork {
-  std::vector<T> cols;      // (threads, K·P): one patch matrix per thread
+  std::vector<T> cols;      // (threads, n1 + n2): per thread a patch matrix and a group's outputs
   std::vector<T> partials;  // (chunks, parameter count): one gradient partial per chunk
-  Index per_thread = 0;
-  T* col() { return cols.data() + Index(thread_slot()) * per_thread; }  // this thread's (ensure_cols first)
-  void ensure_cols(Index n) {
-    const Index need = Index(max_threads()) * n;
+  Index per_thread = 0, first = 0;
+  // this thread's buffers (ensure_cols first): n1 entries, then n2
+  T* col() { return cols.data() + Index(thread_slot()) * per_thread; }
+  T* buf() { return col() + first; }
+  void ensure_cols(Index n1, Index n2 = 0) {
+    const Index need = Index(max_threads()) * (n1 + n2);
     if (Index(cols.size()) < need) cols.resize(need);
-    per_thread = n;
+    per_thread = n1 + n2;
+    first = n1;
   }
   T* ensure_partials(Index chunks, Index n) {
     if (Index(partials.size()) < chunks * n) partials.resize(chunks * n);
@@ -78,13 +81,24 @@ struct ConvWork {
   }
 };
 
-// The batch's reduction chunks: min(B, kConvChunks) chunks of balanced sizes (B alone decides).
+// Groups and chunks of the batch. The products run on groups of nb consecutive examples side by
+// side, (·, nb·P) matrices, so that a small image (P = 49 positions) still makes a GEMM wide enough
+// to run near the core's peak: nb = ⌈kGroupCols / P⌉ (at most B). The parameter gradients are
+// reduced over chunks of whole groups, at most kConvChunks of them. Both depend on the shape alone.
+constexpr Index kGroupCols = 256;
 constexpr Index kConvChunks = 16;
 struct Chunks {
-  Index count = 1, B = 0;
-  explicit Chunks(Index B_) : count(std::max<Index>(1, std::min(B_, kConvChunks))), B(B_) {}
-  Index begin(Index c) const { return c * B / count; }
-  Index end(Index c) const { return (c + 1) * B / count; }
+  Index B = 0, nb = 1, groups = 1, per_chunk = 1, count = 1;
+  Chunks(Index B_, Index P) : B(B_) {
+    nb = std::max<Index>(1, std::min(B, ceil_div(kGroupCols, std::max<Index>(1, P))));
+    groups = std::max<Index>(1, ceil_div(B, nb));
+    per_chunk = ceil_div(groups, kConvChunks);
+    count = ceil_div(groups, per_chunk);
+  }
+  Index group_begin(Index g) const { return std::min(B, g * nb); }
+  Index group_len(Index g) const { return std::min(B, (g + 1) * nb) - group_begin(g); }
+  Index chunk_groups_begin(Index c) const { return c * per_chunk; }
+  Index chunk_groups_end(Index c) const { return std::min(groups, (c + 1) * per_chunk); }
 };
 
 // Sums the chunk partials (count, stride), their first n entries, in chunk order into dst (n):
@@ -104,15 +118,15 @@ inline bool conv_parallel(double flops, Index units) { return units > 1 && flops
 
 inline Index floor_div(Index a, Index b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }  // b > 0
 
-// im2col: col (K, P), row (c·k + i)·k + j, column oh·Wo + ow, = x (C, H, W) at
-// (c, oh·s − p + i, ow·s − p + j), or 0 outside the image.
+// im2col: col (K, P) with row stride ld (≥ P), row (c·k + i)·k + j, column oh·Wo + ow, = x (C, H, W)
+// at (c, oh·s − p + i, ow·s − p + j), or 0 outside the image.
 template <class T>
-void im2col(T* col, const T* x, const ConvGeom& g) {
+void im2col(T* col, const T* x, const ConvGeom& g, Index ld) {
   const Index Ho = g.Ho(), Wo = g.Wo(), k = g.k, s = g.stride, p = g.pad;
   for (Index c = 0; c < g.C; ++c)
     for (Index i = 0; i < k; ++i)
       for (Index j = 0; j < k; ++j) {
-        T* row = col + ((c * k + i) * k + j) * Ho * Wo;
+        T* row = col + ((c * k + i) * k + j) * ld;
         // the output columns whose input column ow·s − p + j lies in [0, W)
         const Index ow0 = std::min(Wo, std::max<Index>(0, -floor_div(j - p, s)));  // ⌈(p − j)/s⌉
         const Index ow1 = std::max(ow0, std::min(Wo, floor_div(g.W - 1 + p - j, s) + 1));
@@ -134,14 +148,15 @@ void im2col(T* col, const T* x, const ConvGeom& g) {
       }
 }
 
-// col2im: the adjoint of im2col: x (C, H, W) += the entries of col (K, P) at their image positions.
+// col2im: the adjoint of im2col: x (C, H, W) += the entries of col (K, P; row stride ld) at their
+// image positions.
 template <class T>
-void col2im(T* x, const T* col, const ConvGeom& g) {
+void col2im(T* x, const T* col, const ConvGeom& g, Index ld) {
   const Index Ho = g.Ho(), Wo = g.Wo(), k = g.k, s = g.stride, p = g.pad;
   for (Index c = 0; c < g.C; ++c)
     for (Index i = 0; i < k; ++i)
       for (Index j = 0; j < k; ++j) {
-        const T* row = col + ((c * k + i) * k + j) * Ho * Wo;
+        const T* row = col + ((c * k + i) * k + j) * ld;
         const Index ow0 = std::min(Wo, std::max<Index>(0, -floor_div(j - p, s)));  // ⌈(p − j)/s⌉
         const Index ow1 = std::max(ow0, std::min(Wo, floor_div(g.W - 1 + p - j, s) + 1));
         for (Index oh = 0; oh < Ho; ++oh) {
@@ -160,53 +175,69 @@ void col2im(T* x, const T* col, const ConvGeom& g) {
 // ---- Conv2d --------------------------------------------------------------------------------
 
 // conv2d_forward: out (B, O, Ho, Wo) = conv(inp (B, C, H, W), weight (O, C, k, k)) + bias (O) or no
-// bias (nullptr), geometry g (torch.nn.Conv2d).
+// bias (nullptr), geometry g (torch.nn.Conv2d). Per group of n examples (ld = nb·P columns):
+//   col (K, n·P) = [col(x_b) …];  Y (O, n·P) = W (O, K) · col;  out_b (O, P) = Y[:, b-th block] + bias.
 template <class T>
 void conv2d_forward(T* out, const T* inp, const T* weight, const T* bias, Index B, const ConvGeom& g, Index O,
                     ConvWork<T>& w) {
   const Index K = g.patch(), P = g.positions(), I = g.in_size();
-  w.ensure_cols(K * P);
-#pragma omp parallel for schedule(static) if (conv_parallel(2.0 * B * O * K * P, B))
-  for (Index b = 0; b < B; ++b) {
-    T* col = w.col();  // (K, P)
-    T* y = out + b * O * P;  // (O, P)
-    im2col(col, inp + b * I, g);
-    gemm<T>(false, false, O, P, K, weight, K, col, P, T(0), y, P);  // W (O, K) · col (K, P)
-    if (bias)
-      for (Index o = 0; o < O; ++o)
-        for (Index q = 0; q < P; ++q) y[o * P + q] += bias[o];
+  const Chunks ch(B, P);
+  const Index ld = ch.nb * P;
+  w.ensure_cols(K * ld, O * ld);
+#pragma omp parallel for schedule(static) if (conv_parallel(2.0 * B * O * K * P, ch.groups))
+  for (Index gi = 0; gi < ch.groups; ++gi) {
+    const Index b0 = ch.group_begin(gi), n = ch.group_len(gi);
+    T* col = w.col();  // (K, ld)
+    T* y = w.buf();    // (O, ld)
+    for (Index e = 0; e < n; ++e) im2col(col + e * P, inp + (b0 + e) * I, g, ld);
+    gemm<T>(false, false, O, n * P, K, weight, K, col, ld, T(0), y, ld);  // W (O, K) · col (K, n·P)
+    for (Index e = 0; e < n; ++e)
+      for (Index o = 0; o < O; ++o) {
+        const T* src = y + o * ld + e * P;
+        T* dst = out + ((b0 + e) * O + o) * P;
+        const T bo = bias ? bias[o] : T(0);
+        for (Index q = 0; q < P; ++q) dst[q] = src[q] + bo;
+      }
   }
 }
 
-// conv2d_backward, given dout (B, O, Ho, Wo) = ∂J/∂out:
-//   dweight (O, K) += Σ_b dout_b (O, P) · col(x_b)ᵀ (P, K)
+// conv2d_backward, given dout (B, O, Ho, Wo) = ∂J/∂out, per group (dY (O, n·P) its gathered dout):
+//   dweight (O, K) += Σ_groups dY · colᵀ (n·P, K)
 //   dbias (O)      += Σ_b Σ_q dout_b[:, q]
-//   dinp_b (C, H, W) += col2im(Wᵀ (K, O) · dout_b (O, P))
+//   dinp_b (C, H, W) += col2im(b-th block of Wᵀ (K, O) · dY)
 template <class T>
 void conv2d_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight, Index B,
                      const ConvGeom& g, Index O, ConvWork<T>& w) {
   const Index K = g.patch(), P = g.positions(), I = g.in_size();
   const Index NP = O * K + O;  // one chunk's partial: dweight (O, K), dbias (O)
-  const Chunks ch(B);
-  w.ensure_cols(K * P);
+  const Chunks ch(B, P);
+  const Index ld = ch.nb * P;
+  w.ensure_cols(K * ld, O * ld);
   T* part = w.ensure_partials(ch.count, NP);
 #pragma omp parallel for schedule(dynamic, 1) if (conv_parallel(4.0 * B * O * K * P, ch.count))
   for (Index c = 0; c < ch.count; ++c) {
-    T* col = w.col();
+    T* col = w.col();  // (K, ld)
+    T* dy = w.buf();   // (O, ld)
     T* dw = part + c * NP;  // (O, K)
     T* db = dw + O * K;     // (O)
-    for (Index b = ch.begin(c); b < ch.end(c); ++b) {
-      const T* dy = dout + b * O * P;  // (O, P)
-      im2col(col, inp + b * I, g);
-      gemm<T>(false, true, O, K, P, dy, P, col, P, T(1), dw, K);  // += dy (O, P) · colᵀ (P, K)
+    for (Index gi = ch.chunk_groups_begin(c); gi < ch.chunk_groups_end(c); ++gi) {
+      const Index b0 = ch.group_begin(gi), n = ch.group_len(gi);
+      for (Index e = 0; e < n; ++e) {
+        im2col(col + e * P, inp + (b0 + e) * I, g, ld);
+        for (Index o = 0; o < O; ++o) {
+          const T* src = dout + ((b0 + e) * O + o) * P;
+          std::copy(src, src + P, dy + o * ld + e * P);
+        }
+      }
+      gemm<T>(false, true, O, K, n * P, dy, ld, col, ld, T(1), dw, K);  // += dY (O, n·P) · colᵀ (n·P, K)
       for (Index o = 0; o < O; ++o) {
         T s = 0;
-        for (Index q = 0; q < P; ++q) s += dy[o * P + q];
+        for (Index q = 0; q < n * P; ++q) s += dy[o * ld + q];
         db[o] += s;
       }
       if (dinp) {
-        gemm<T>(true, false, K, P, O, weight, K, dy, P, T(0), col, P);  // dcol (K, P) = Wᵀ · dy
-        col2im(dinp + b * I, col, g);
+        gemm<T>(true, false, K, n * P, O, weight, K, dy, ld, T(0), col, ld);  // dcol (K, n·P) = Wᵀ · dY
+        for (Index e = 0; e < n; ++e) col2im(dinp + (b0 + e) * I, col + e * P, g, ld);
       }
     }
   }
@@ -232,51 +263,80 @@ inline ConvGeom conv_transpose_geom(Index C_out, Index H, Index W, Index k, Inde
 
 // conv_transpose2d_forward: out (B, C_out, Ho, Wo) = conv_transpose(inp (B, C_in, H, W),
 // weight (C_in, C_out, k, k)) + bias (C_out) or nullptr (torch.nn.ConvTranspose2d), where
-// og = conv_transpose_geom(C_out, H, W, k, s, p) (so og.Ho() = H, og.Wo() = W):
-//   col (K', P) = Wᵀ (K', C_in) · x_b (C_in, P), K' = C_out·k·k, P = H·W; out_b = col2im(col) + bias.
+// og = conv_transpose_geom(C_out, H, W, k, s, p) (so og.Ho() = H, og.Wo() = W). Per group of n
+// examples, X (C_in, n·P) their gathered inputs, K' = C_out·k·k, P = H·W:
+//   col (K', n·P) = Wᵀ (K', C_in) · X;  out_b = col2im(b-th block of col) + bias.
 template <class T>
 void conv_transpose2d_forward(T* out, const T* inp, const T* weight, const T* bias, Index B, Index C_in,
                               const ConvGeom& og, ConvWork<T>& w) {
   const Index K = og.patch(), P = og.positions(), N = og.in_size(), HW = og.H * og.W;
-  w.ensure_cols(K * P);
-#pragma omp parallel for schedule(static) if (conv_parallel(2.0 * B * C_in * K * P, B))
-  for (Index b = 0; b < B; ++b) {
-    T* col = w.col();  // (K', P)
-    T* y = out + b * N;     // (C_out, Ho, Wo)
-    gemm<T>(true, false, K, P, C_in, weight, K, inp + b * C_in * P, P, T(0), col, P);
-    for (Index c = 0; c < og.C; ++c) std::fill(y + c * HW, y + (c + 1) * HW, bias ? bias[c] : T(0));
-    col2im(y, col, og);
+  const Chunks ch(B, P);
+  const Index ld = ch.nb * P;
+  w.ensure_cols(K * ld, C_in * ld);
+#pragma omp parallel for schedule(static) if (conv_parallel(2.0 * B * C_in * K * P, ch.groups))
+  for (Index gi = 0; gi < ch.groups; ++gi) {
+    const Index b0 = ch.group_begin(gi), n = ch.group_len(gi);
+    T* col = w.col();  // (K', ld)
+    T* x = w.buf();    // (C_in, ld)
+    for (Index e = 0; e < n; ++e)
+      for (Index c = 0; c < C_in; ++c) {
+        const T* src = inp + ((b0 + e) * C_in + c) * P;
+        std::copy(src, src + P, x + c * ld + e * P);
+      }
+    gemm<T>(true, false, K, n * P, C_in, weight, K, x, ld, T(0), col, ld);
+    for (Index e = 0; e < n; ++e) {
+      T* y = out + (b0 + e) * N;  // (C_out, Ho, Wo)
+      for (Index c = 0; c < og.C; ++c) std::fill(y + c * HW, y + (c + 1) * HW, bias ? bias[c] : T(0));
+      col2im(y, col + e * P, og, ld);
+    }
   }
 }
 
-// conv_transpose2d_backward, given dout (B, C_out, Ho, Wo) = ∂J/∂out, with dcol_b = col(dout_b) (K', P):
-//   dinp_b (C_in, P)    += W (C_in, K') · dcol_b
-//   dweight (C_in, K')  += Σ_b x_b (C_in, P) · dcol_bᵀ (P, K')
+// conv_transpose2d_backward, given dout (B, C_out, Ho, Wo) = ∂J/∂out; per group, dcol (K', n·P)
+// = [col(dout_b) …] and X (C_in, n·P) the gathered inputs:
+//   dinp_b (C_in, P)    += b-th block of W (C_in, K') · dcol
+//   dweight (C_in, K')  += Σ_groups X · dcolᵀ (n·P, K')
 //   dbias (C_out)       += Σ_b Σ_positions dout_b[c]
 template <class T>
 void conv_transpose2d_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight,
                                Index B, Index C_in, const ConvGeom& og, ConvWork<T>& w) {
   const Index K = og.patch(), P = og.positions(), N = og.in_size(), HW = og.H * og.W, Co = og.C;
   const Index NP = C_in * K + Co;
-  const Chunks ch(B);
-  w.ensure_cols(K * P);
+  const Chunks ch(B, P);
+  const Index ld = ch.nb * P;
+  w.ensure_cols(K * ld, C_in * ld);
   T* part = w.ensure_partials(ch.count, NP);
 #pragma omp parallel for schedule(dynamic, 1) if (conv_parallel(4.0 * B * C_in * K * P, ch.count))
   for (Index c = 0; c < ch.count; ++c) {
-    T* col = w.col();
+    T* col = w.col();  // (K', ld)
+    T* x = w.buf();    // (C_in, ld)
     T* dw = part + c * NP;  // (C_in, K')
     T* db = dw + C_in * K;  // (C_out)
-    for (Index b = ch.begin(c); b < ch.end(c); ++b) {
-      const T* dy = dout + b * N;
-      const T* x = inp + b * C_in * P;
-      im2col(col, dy, og);
-      gemm<T>(false, true, C_in, K, P, x, P, col, P, T(1), dw, K);  // += x (C_in, P) · dcolᵀ (P, K')
-      for (Index o = 0; o < Co; ++o) {
-        T s = 0;
-        for (Index q = 0; q < HW; ++q) s += dy[o * HW + q];
-        db[o] += s;
+    for (Index gi = ch.chunk_groups_begin(c); gi < ch.chunk_groups_end(c); ++gi) {
+      const Index b0 = ch.group_begin(gi), n = ch.group_len(gi);
+      for (Index e = 0; e < n; ++e) {
+        const T* dy = dout + (b0 + e) * N;
+        im2col(col + e * P, dy, og, ld);
+        for (Index ci = 0; ci < C_in; ++ci) {
+          const T* src = inp + ((b0 + e) * C_in + ci) * P;
+          std::copy(src, src + P, x + ci * ld + e * P);
+        }
+        for (Index o = 0; o < Co; ++o) {
+          T s = 0;
+          for (Index q = 0; q < HW; ++q) s += dy[o * HW + q];
+          db[o] += s;
+        }
       }
-      if (dinp) gemm<T>(false, false, C_in, P, K, weight, K, col, P, T(1), dinp + b * C_in * P, P);
+      gemm<T>(false, true, C_in, K, n * P, x, ld, col, ld, T(1), dw, K);  // += X (C_in, n·P) · dcolᵀ
+      if (dinp) {
+        gemm<T>(false, false, C_in, n * P, K, weight, K, col, ld, T(0), x, ld);  // dX (C_in, n·P) = W · dcol
+        for (Index e = 0; e < n; ++e)
+          for (Index ci = 0; ci < C_in; ++ci) {
+            const T* src = x + ci * ld + e * P;
+            T* dst = dinp + ((b0 + e) * C_in + ci) * P;
+            for (Index q = 0; q < P; ++q) dst[q] += src[q];
+          }
+      }
     }
   }
   if (dweight) add_partials(dweight, part, ch.count, C_in * K, NP);
