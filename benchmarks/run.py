@@ -450,9 +450,10 @@ def rate_row(number, name, unit, work, t_ek, t_pt, flops_per_unit, peak, check, 
 
 # ----------------------------------------------------------------------------- peak
 def bench_peak(cfg):
-    """Large float32 GEMMs, numpy (OpenBLAS) and torch.mm (MKL), alternating. Rows give the median;
-    the machine's peak (the denominator of "% peak") is the best single run of either, the
-    closest measure of what the cores can do when other work shares the machine."""
+    """Large float32 GEMMs, numpy (OpenBLAS), torch.mm (MKL) and, with the JAX column, a compiled
+    jnp.dot (XLA's own kernels), alternating. Rows give the median; the machine's peak (the
+    denominator of "% peak" and the roofline's) is the best single run of any, the closest measure
+    of what the cores can do when other work shares the machine."""
     n = cfg["gemm_n"]
     rng = np.random.default_rng(0)
     a = rng.random((n, n), dtype=np.float32)
@@ -460,11 +461,18 @@ def bench_peak(cfg):
     ta, tb = torch.from_numpy(a), torch.from_numpy(b)
     a @ b
     torch.mm(ta, tb)
-    t = alternate([("numpy", None, lambda: a @ b), ("torch", None, lambda: torch.mm(ta, tb))],
-                  cfg["gemm_repeats"])
+    runs = [("numpy", None, lambda: a @ b), ("torch", None, lambda: torch.mm(ta, tb))]
+    names = [("numpy", "numpy @ (OpenBLAS)"), ("torch", "torch.mm")]
+    if jm is not None:
+        ja, jb = jnp.asarray(a), jnp.asarray(b)
+        f, _ = jm.compile_fn(jnp.dot, ja, jb)
+        f(ja, jb).block_until_ready()
+        runs.append(("jax", None, lambda: f(ja, jb).block_until_ready()))
+        names.append(("jax", "jax.jit(jnp.dot) (XLA)"))
+    t = alternate(runs, cfg["gemm_repeats"])
     fl = 2.0 * n ** 3
     rows = []
-    for key, name in (("numpy", "numpy @ (OpenBLAS)"), ("torch", "torch.mm")):
+    for key, name in names:
         rows.append(row(f"peak: sgemm {n}x{n} float32, {name}", None, None, "GFLOP/s", None, kind="peak",
                         value=fl / median(t[key]) / 1e9, best=fl / min(t[key]) / 1e9, seconds=t[key]))
     return rows, max(r["best"] for r in rows)
