@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""elbokit against PyTorch, and against the machine's limit.
+"""elbokit against PyTorch and JAX, and against the machine's limit.
 
     python benchmarks/run.py                      # every case, full sizes (~2 min when the 2 cores are quiet)
     python benchmarks/run.py --quick --cases 2,3  # a smoke run
@@ -28,6 +28,18 @@ the eps-network's first layer), whose dX neither framework computes. Element-wis
 counted. The machine's peak is the best run of two large float32 GEMMs (numpy ``@`` on its
 OpenBLAS, ``torch.mm``) with the same threads; "% peak" is elbokit's GFLOP/s over it.
 
+JAX (optional: ``pip install ".[bench]"``; ``--jax off`` or jax not importable leaves its column
+"-"): benchmarks/jax_models.py, the same computations as pure functions, one jit-compiled step or
+call per timed unit of work (compiled ahead of time, the compile time reported apart), XLA limited
+to --threads CPUs, float32, the same weights and noise, checked against elbokit like PyTorch.
+
+Roofline (second table): per unit of work, the FLOPs above and the bytes a perfect implementation
+must move (``bytes_*``: weights, gradients, Adam's moments, activations written and read once, the
+data), against the machine's peak and its memory bandwidth measured in the same run (a large
+stream copy/triad); the bound is the larger of FLOPs/peak and bytes/bandwidth, and each
+framework's share is its rate over the bound's rate. The headline is elbokit against the better
+of the two peers.
+
 Ratios: > 1 means elbokit is better. Rates (steps/s, examples/s, points/s): elbokit / PyTorch. Memory:
 PyTorch MiB / elbokit MiB. Thread scaling: elbokit's 2-over-1 speed-up / PyTorch's.
 """
@@ -46,7 +58,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 # ----------------------------------------------------------------------------- settings
-FULL = dict(repeats=7, gemm_n=2048, gemm_repeats=7,
+FULL = dict(repeats=7, gemm_n=2048, gemm_repeats=7, bw_n=1 << 24, bw_repeats=7,
             c1_steps=20, c1_epochs=2,      # 2560 rows, batch 128: 40 steps per timed run
             c2_steps=20, c2_epochs=10,     # 1280 rows, batch 64: 200 steps per timed run
             c3_n=10000, c4_n=1000, c4_k=1000, c4_repeats=3,
@@ -54,7 +66,7 @@ FULL = dict(repeats=7, gemm_n=2048, gemm_repeats=7,
             c6_steps=10, c6_epochs=6,      # 5120 rows, batch 512: 60 steps per timed run
             c7_n=10000, c7_t=1000, c7_repeats=2,  # ~20 s per elbokit run: 2 repeats
             c8_repeats=5)
-QUICK = dict(repeats=3, gemm_n=1024, gemm_repeats=3,
+QUICK = dict(repeats=3, gemm_n=1024, gemm_repeats=3, bw_n=1 << 22, bw_repeats=3,
              c1_steps=5, c1_epochs=1, c2_steps=10, c2_epochs=2,
              c3_n=2000, c4_n=16, c4_k=1000, c4_repeats=2,
              c5_steps=5, c5_epochs=2, c6_steps=4, c6_epochs=2, c7_n=2000, c7_t=100, c7_repeats=2,
@@ -71,11 +83,15 @@ EVAL_RTOL = 1e-4    # mean per-example ELBO / L_K on the same weights and noise
 SAMPLE_RTOL = 1e-3  # DDPM samples after all T steps with the same noise: max |diff| over mean |x|
 SEED = 0
 
-# Targets (moonshots): min ratio, and for case 1 a minimum share of the machine's peak.
-TARGETS = {1: dict(ratio=1.3, peak=0.60), 2: dict(ratio=4.0), 3: dict(ratio=1.5), 4: dict(ratio=1.5),
-           5: dict(ratio=4.0), 6: dict(ratio=4.0), 7: dict(ratio=4.0), 8: dict(scaling=1.7), 9: dict(ratio=1.0)}
+# Targets (moonshots): min ratio against PyTorch ("ratio"), against JAX ("jax"), against the better
+# of the two ("peer": PyTorch alone when the JAX column is empty), and for case 1 a minimum share
+# of the machine's peak. Issue 15 set 2, 3, 4 and 7 against JAX / the better peer.
+TARGETS = {1: dict(ratio=1.3, peak=0.60), 2: dict(ratio=4.0, jax=1.5), 3: dict(peer=1.5), 4: dict(peer=1.5),
+           5: dict(ratio=4.0), 6: dict(ratio=4.0), 7: dict(peer=1.5), 8: dict(scaling=1.7), 9: dict(ratio=1.0)}
 
 ek = np = torch = tm = None  # imported in main() after the thread settings
+jax = jnp = jm = None          # optional; imported first in main() by _import_jax
+JAX_INFO = dict(status="not requested")
 
 
 def _import(threads: int, need_torch: bool = True):
@@ -90,6 +106,73 @@ def _import(threads: int, need_torch: bool = True):
         sys.path.insert(0, HERE)
         import torch_models
         torch, tm = _torch, torch_models
+
+
+def _import_jax(threads: int, mode: str) -> None:
+    """Imports jax (CPU, float32) and benchmarks/jax_models.py unless mode is "off"; "auto" leaves
+    the JAX column empty when jax is not importable, "on" fails. XLA sizes its intra-op pool from
+    the CPUs this thread may run on when its client starts, so the client is started under an
+    affinity of `threads` CPUs (then the affinity is restored), and XLA_FLAGS asks for the same.
+    Called before numpy, torch and the engine start any thread."""
+    global jax, jnp, jm
+    if mode == "off":
+        JAX_INFO.update(status="off (--jax off)")
+        return
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    eigen = "true" if threads > 1 else "false"
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_cpu_multi_thread_eigen={eigen}"
+                               f" intra_op_parallelism_threads={threads}"
+                               " --xla_force_host_platform_device_count=1").strip()
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    limit = cpus is not None and len(cpus) > threads
+    try:
+        if limit:
+            os.sched_setaffinity(0, cpus[:threads])
+        try:
+            import jax as _jax
+            _jax.config.update("jax_enable_x64", False)   # float32 arrays by default
+            devices = _jax.devices()
+        finally:
+            if limit:
+                os.sched_setaffinity(0, cpus)
+    except ImportError as e:
+        if mode == "on":
+            raise SystemExit(f"--jax on: jax is not importable ({e}); pip install '.[bench]'")
+        JAX_INFO.update(status=f"not installed ({e.__class__.__name__}: {e})")
+        return
+    import jax.numpy as _jnp
+    sys.path.insert(0, HERE)
+    import jax_models
+    jax, jnp, jm = _jax, _jnp, jax_models
+    JAX_INFO.update(status="on", version=jax.__version__, devices=[str(d) for d in devices],
+                    xla_flags=os.environ["XLA_FLAGS"], affinity_limited=bool(limit))
+    JAX_INFO.update(jax_thread_check(threads))
+
+
+def jax_thread_check(threads: int, seconds: float = 0.5) -> dict:
+    """How many cores XLA keeps busy: process CPU time over wall time while a compiled float32
+    GEMM (1024^3) runs repeatedly, measured before any other runtime has started a thread."""
+    a = jnp.ones((1024, 1024), jnp.float32)
+    f = jax.jit(lambda m: m @ m).lower(a).compile()
+    f(a).block_until_ready()
+    n, w0, c0 = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - w0 < seconds:
+        f(a).block_until_ready()
+        n += 1
+    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    return dict(cpu_per_wall=cpu / wall, gemm_gflops=n * 2 * 1024 ** 3 / wall / 1e9,
+                os_threads=len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else None,
+                threads_ok=cpu / wall <= threads + 0.25)
+
+
+def to_jax(a):
+    """A torch tensor or numpy array as a jax device array (float64 -> float32, int64 -> int32)."""
+    a = a.numpy() if hasattr(a, "numpy") else np.asarray(a)
+    if a.dtype == np.float64:
+        a = a.astype(np.float32)
+    elif a.dtype == np.int64:
+        a = a.astype(np.int32)
+    return jnp.asarray(a)
 
 
 def set_threads(n: int) -> None:
@@ -163,6 +246,84 @@ def flops_elbo(x_dim, z_dim, hidden, n, n_samples=1):
 def flops_log_likelihood(x_dim, z_dim, hidden, n, k):
     """L_K: the encoder once per example, the decoder K times."""
     return flops_elbo(x_dim, z_dim, hidden, n, n_samples=k)
+
+
+# ----------------------------------------------------------------------------- bytes
+# What a perfect implementation must move per unit of work, in float32 (4 bytes): see bytes_pass.
+F32 = 4
+
+
+def _params(layers):
+    return sum(i * o + o for i, o in layers)
+
+
+def bytes_pass(layer_rows, train: bool, extra_floats: float = 0.0) -> float:
+    """Bytes of one pass over linear layers layer_rows = [(rows, (in, out)), ...]: the weights read
+    once (P floats), each layer's output written once and read once (2 * rows * out); for a
+    training step also the weights read again for the backward, the gradient written, Adam
+    reading p, g, m, v and writing p, m, v (10 P in all) and each output's gradient written and
+    read once (4 * rows * out in all); plus extra_floats (the data read, the results written)."""
+    P = sum(_params([layer]) for _, layer in layer_rows)
+    act = sum(rows * o for rows, (_, o) in layer_rows)
+    return F32 * ((10 * P + 4 * act) if train else (P + 2 * act)) + F32 * extra_floats
+
+
+def bytes_train_step(x_dim, z_dim, hidden, batch):
+    """VAE step: the encoder on B rows, the decoder on B rows; data read by the encoder and the
+    likelihood, the noise read."""
+    enc, dec = layer_shapes(x_dim, z_dim, hidden)
+    return bytes_pass([(batch, l) for l in enc + dec], True, 2 * batch * x_dim + batch * z_dim)
+
+
+def bytes_hvae_train_step(x_dim, z_dims, hidden, batch):
+    ins = [x_dim, *z_dims[:-1]]
+    layers = [l for i, z in zip(ins, z_dims) for l in mlp_layers(i, hidden, z, heads=2)]
+    layers += mlp_layers(z_dims[0], hidden[::-1], x_dim)
+    layers += [l for k in range(1, len(z_dims)) for l in mlp_layers(z_dims[k], hidden[::-1], z_dims[k - 1], heads=2)]
+    return bytes_pass([(batch, l) for l in layers], True, 2 * batch * x_dim + batch * sum(z_dims))
+
+
+def bytes_diffusion_train_step(x_dim, hidden, emb_dim, batch):
+    """The eps-network on B rows; x0, eps and t read, the network's input (B, D + E) written and read."""
+    layers = eps_net_layers(x_dim, hidden, emb_dim)
+    return bytes_pass([(batch, l) for l in layers], True, batch * (3 * x_dim + 1 + 2 * (x_dim + emb_dim)))
+
+
+def bytes_elbo(x_dim, z_dim, hidden, n):
+    """Per example of an n-row ELBO: the weights once per call (/ n), activations, data read twice,
+    noise read, the ELBO written."""
+    enc, dec = layer_shapes(x_dim, z_dim, hidden)
+    return bytes_pass([(n, l) for l in enc + dec], False, n * (2 * x_dim + z_dim + 1)) / n
+
+
+def bytes_log_likelihood(x_dim, z_dim, hidden, n, k):
+    """Per example of L_K: the encoder on n rows, the decoder on n*K rows, the K noise vectors read."""
+    enc, dec = layer_shapes(x_dim, z_dim, hidden)
+    rows = [(n, l) for l in enc] + [(n * k, l) for l in dec]
+    return bytes_pass(rows, False, n * (2 * x_dim + k * z_dim + 1)) / n
+
+
+def bytes_ddpm_sample(x_dim, hidden, emb_dim, n, steps):
+    """Per point of an n-point chain: at each step the weights once (/ n), the network's input and
+    activations written and read once, z read, x updated."""
+    layers = eps_net_layers(x_dim, hidden, emb_dim)
+    per_step = bytes_pass([(n, l) for l in layers], False, n * (2 * (x_dim + emb_dim) + 3 * x_dim))
+    return steps * per_step / n
+
+
+def roofline(r, peak, bw):
+    """Adds the roofline fields to a rate row: seconds per unit at the peak and at the bandwidth,
+    the bound (the larger), its rate and each framework's share of it."""
+    fl, by = r.get("flops_per_unit"), r.get("bytes_per_unit")
+    if not fl or not by or not peak or not bw:
+        return
+    t_c, t_m = fl / (peak * 1e9), by / (bw * 1e9)
+    bound_rate = 1.0 / max(t_c, t_m)
+    r.update(roofline_bound="compute" if t_c >= t_m else "memory", roofline_rate=bound_rate,
+             roofline_compute_s=t_c, roofline_memory_s=t_m,
+             intensity=fl / by, bound_share_elbokit=r["elbokit"] / bound_rate,
+             bound_share_pytorch=r["pytorch"] / bound_rate,
+             bound_share_jax=r["jax"] / bound_rate if r.get("jax") else None)
 
 
 # ----------------------------------------------------------------------------- timing
@@ -260,27 +421,39 @@ def row(case, elbokit, pytorch, unit, ratio, **extra):
     return r
 
 
-def rate_row(number, name, unit, work, t_ek, t_pt, flops_per_unit, peak, check, detail, **extra):
-    """A row for a rate (work units per second); t_*: lists of seconds for `work` units."""
+def rate_row(number, name, unit, work, t_ek, t_pt, flops_per_unit, peak, check, detail, t_jx=None,
+             jax_check=None, **extra):
+    """A row for a rate (work units per second); t_*: lists of seconds for `work` units; t_jx and
+    jax_check = (check, detail) when the JAX column ran. `bytes_per_unit` (in extra) feeds the
+    roofline (added in main once the bandwidth is known). "vs best peer" is elbokit over the
+    faster of PyTorch and JAX."""
     ek_rate, pt_rate = work / median(t_ek), work / median(t_pt)
     ek_best, pt_best = work / min(t_ek), work / min(t_pt)
     g_ek = ek_rate * flops_per_unit / 1e9
     g_pt = pt_rate * flops_per_unit / 1e9
+    jx_rate = work / median(t_jx) if t_jx else None
+    jx_best = work / min(t_jx) if t_jx else None
+    peer = max(pt_rate, jx_rate or 0.0)
     return row(f"{number}. {name}", ek_rate, pt_rate, unit, ek_rate / pt_rate, kind="case", number=number,
                elbokit_best=ek_best, pytorch_best=pt_best, ratio_best=ek_best / pt_best,
-               gflops_elbokit=g_ek, gflops_pytorch=g_pt,
+               jax=jx_rate, jax_best=jx_best, ratio_jax=ek_rate / jx_rate if jx_rate else None,
+               ratio_jax_best=ek_best / jx_best if jx_best else None,
+               best_peer="JAX" if jx_rate and jx_rate > pt_rate else "PyTorch", ratio_best_peer=ek_rate / peer,
+               gflops_elbokit=g_ek, gflops_pytorch=g_pt, gflops_jax=jx_rate * flops_per_unit / 1e9 if jx_rate else None,
                peak_share_elbokit=g_ek / peak if peak else None,
                peak_share_pytorch=g_pt / peak if peak else None,
                check=check, check_detail=detail, repeats=len(t_ek),
-               seconds_elbokit=t_ek, seconds_pytorch=t_pt, work_per_run=work, flops_per_unit=flops_per_unit,
-               **extra)
+               jax_check=jax_check[0] if jax_check else None, jax_check_detail=jax_check[1] if jax_check else None,
+               seconds_elbokit=t_ek, seconds_pytorch=t_pt, seconds_jax=t_jx, work_per_run=work,
+               flops_per_unit=flops_per_unit, **extra)
 
 
 # ----------------------------------------------------------------------------- peak
 def bench_peak(cfg):
-    """Large float32 GEMMs, numpy (OpenBLAS) and torch.mm (MKL), alternating. Rows give the median;
-    the machine's peak (the denominator of "% peak") is the best single run of either, the
-    closest measure of what the cores can do when other work shares the machine."""
+    """Large float32 GEMMs, numpy (OpenBLAS), torch.mm (MKL) and, with the JAX column, a compiled
+    jnp.dot (XLA's own kernels), alternating. Rows give the median; the machine's peak (the
+    denominator of "% peak" and the roofline's) is the best single run of any, the closest measure
+    of what the cores can do when other work shares the machine."""
     n = cfg["gemm_n"]
     rng = np.random.default_rng(0)
     a = rng.random((n, n), dtype=np.float32)
@@ -288,13 +461,41 @@ def bench_peak(cfg):
     ta, tb = torch.from_numpy(a), torch.from_numpy(b)
     a @ b
     torch.mm(ta, tb)
-    t = alternate([("numpy", None, lambda: a @ b), ("torch", None, lambda: torch.mm(ta, tb))],
-                  cfg["gemm_repeats"])
+    runs = [("numpy", None, lambda: a @ b), ("torch", None, lambda: torch.mm(ta, tb))]
+    names = [("numpy", "numpy @ (OpenBLAS)"), ("torch", "torch.mm")]
+    if jm is not None:
+        ja, jb = jnp.asarray(a), jnp.asarray(b)
+        f, _ = jm.compile_fn(jnp.dot, ja, jb)
+        f(ja, jb).block_until_ready()
+        runs.append(("jax", None, lambda: f(ja, jb).block_until_ready()))
+        names.append(("jax", "jax.jit(jnp.dot) (XLA)"))
+    t = alternate(runs, cfg["gemm_repeats"])
     fl = 2.0 * n ** 3
     rows = []
-    for key, name in (("numpy", "numpy @ (OpenBLAS)"), ("torch", "torch.mm")):
+    for key, name in names:
         rows.append(row(f"peak: sgemm {n}x{n} float32, {name}", None, None, "GFLOP/s", None, kind="peak",
                         value=fl / median(t[key]) / 1e9, best=fl / min(t[key]) / 1e9, seconds=t[key]))
+    return rows, max(r["best"] for r in rows)
+
+
+def bench_bandwidth(cfg, threads):
+    """Memory bandwidth on arrays far larger than the caches (64 MiB each): numpy's copy (one
+    thread; 2 x 4 bytes per element: read, write) and torch's triad a = b + 3 c (`threads`
+    threads; 3 x 4 bytes), alternating; the write-allocate read is not counted, so these are
+    lower bounds on what the memory system moved. Rows give the median; the bandwidth the roofline
+    uses is the best single run of either (as for the peak)."""
+    n = cfg["bw_n"]
+    a, b, c = (np.full(n, v, dtype=np.float32) for v in (0.0, 1.0, 2.0))
+    ta, tb, tc = (torch.from_numpy(v) for v in (a, b, c))
+    np.copyto(a, b)
+    torch.add(tb, tc, alpha=3.0, out=ta)
+    t = alternate([("copy", None, lambda: np.copyto(a, b)),
+                   ("triad", None, lambda: torch.add(tb, tc, alpha=3.0, out=ta))], cfg["bw_repeats"])
+    rows = []
+    for key, name, by in (("copy", "numpy copy (1 thread)", 8.0 * n),
+                          ("triad", f"torch triad a = b + 3c ({threads} threads)", 12.0 * n)):
+        rows.append(row(f"bandwidth: {name}, {4 * n >> 20} MiB arrays", None, None, "GB/s", None, kind="bandwidth",
+                        value=by / median(t[key]) / 1e9, best=by / min(t[key]) / 1e9, seconds=t[key]))
     return rows, max(r["best"] for r in rows)
 
 
@@ -326,15 +527,40 @@ class TrainCase:
     # rows, ~13% of case 1's time on one thread); the torch loop does not, so neither does elbokit here.
     fit_kwargs = dict(active_units=False)
 
-    def __init__(self, x, x_eval, epochs, batch, adam_impl):
+    def __init__(self, x, x_eval, epochs, batch, adam_impl, use_jax=True):
         self.x, self.x_eval, self.epochs, self.B, self.adam_impl = x, x_eval, epochs, batch, adam_impl
         n = len(x)
         S = ek.random.STREAMS
         self.perms = [torch.from_numpy(ek.random.permutation(n, SEED, S["shuffle"] + e)) for e in range(epochs)]
         sizes = [min(batch, n - k) for k in range(0, n, batch)] * epochs
         self.noise = [self.step_noise(t, b) for t, b in enumerate(sizes)]
-        self.steps = len(sizes)
+        self.steps, self.sizes = len(sizes), sizes
         self.xt = torch.from_numpy(x)
+        self.jx = None
+        if jm is not None and use_jax:
+            self.jax_setup()
+
+    def jax_setup(self):
+        """Builds self.jx (a jax_models.Trainer from the same initial weights) and its per-step
+        inputs: the minibatch indices and the noise of self.noise as device arrays; compiles the
+        step (self.jax_compile_s)."""
+        raise NotImplementedError
+
+    def _jax_trainer(self, jx_model, loss, convert):
+        self.jx_model = jx_model
+        self.jx = jm.Trainer(jx_model.params, loss, self.x, LR)
+        n, B = len(self.x), self.B
+        self.jx_idx = [to_jax(p[s:s + B]) for p in self.perms for s in range(0, n, B)]
+        self.jx_noise = [convert(nz) for nz in self.noise]
+        self.jx.prepare(self.jx_idx, self.jx_noise)
+        self.jax_compile_s = self.jx.compile_seconds
+
+    def run_jax(self):
+        return self.jx.run(self.jx_idx, self.jx_noise, self.sizes, len(self.x))
+
+    def held_out_jax(self):
+        """JAX's value of the metric on x_eval with held_out's noise, after training."""
+        raise NotImplementedError
 
     def step_noise(self, t, b):
         """The noise the engine draws at global step t for a batch of b rows, as torch inputs."""
@@ -346,8 +572,8 @@ class TrainCase:
 
     def train_values(self, hist, pt_loss):
         """(elbokit, PyTorch) training metric of the last epoch: fit's train_elbo and minus the torch
-        loop's mean loss (the negative ELBO)."""
-        return float(hist["train_elbo"][-1]), -pt_loss
+        loop's mean loss (the negative ELBO); hist None gives (None, ...)."""
+        return (None if hist is None else float(hist["train_elbo"][-1])), -pt_loss
 
     def run_elbokit(self):
         return self.ek_model.fit(self.x, epochs=self.epochs, batch_size=self.B, lr=LR, optimizer="adam",
@@ -357,41 +583,64 @@ class TrainCase:
         opt = tm.make_adam(self.model, lr=LR, impl=self.adam_impl)
         return tm.train_loop(self.model, opt, self.xt, self.perms, self.noise, self.B, self.loss_fn)
 
-    def check(self):
-        """Both from the same weights: the last epoch's training metric and the held-out one after
-        training must agree to TRAIN_RTOL."""
-        ek_train, pt_train = self.train_values(self.run_elbokit(), self.run_pytorch())
-        ek_eval, pt_eval = self.held_out()
-        d_train, d_eval = rel(ek_train, pt_train), rel(ek_eval, pt_eval)
+    def _compare(self, ek_train, ek_eval, other_train, other_eval):
+        d_train, d_eval = rel(ek_train, other_train), rel(ek_eval, other_eval)
         ok = d_train <= TRAIN_RTOL and d_eval <= TRAIN_RTOL and math.isfinite(ek_eval)
         m = self.metric
-        detail = (f"after {self.steps} steps: train {m} {ek_train:.4f} vs {pt_train:.4f} (rel {d_train:.1e}), "
-                  f"held-out {m} {ek_eval:.4f} vs {pt_eval:.4f} (rel {d_eval:.1e}); tol {TRAIN_RTOL:g}")
+        detail = (f"after {self.steps} steps: train {m} {ek_train:.4f} vs {other_train:.4f} (rel {d_train:.1e}), "
+                  f"held-out {m} {ek_eval:.4f} vs {other_eval:.4f} (rel {d_eval:.1e}); tol {TRAIN_RTOL:g}")
         return ("ok" if ok else "FAIL"), detail
 
+    def check(self):
+        """All from the same weights: the last epoch's training metric and the held-out one after
+        training must agree to TRAIN_RTOL. Returns ((check, detail) against PyTorch, the same
+        against JAX or None)."""
+        ek_train, pt_train = self.train_values(self.run_elbokit(), self.run_pytorch())
+        ek_eval, pt_eval = self.held_out()
+        jx = None
+        if self.jx is not None:
+            jx_train = self.train_values(None, self.run_jax())[1]
+            jx = self._compare(ek_train, ek_eval, jx_train, self.held_out_jax())
+        return self._compare(ek_train, ek_eval, pt_train, pt_eval), jx
+
     def timed(self, repeats):
-        """(elbokit seconds, PyTorch seconds) per timed run, alternating."""
-        t = alternate([("ek", None, self.run_elbokit), ("pt", None, self.run_pytorch)], repeats)
-        return t["ek"], t["pt"]
+        """(elbokit, PyTorch, JAX or None) seconds per timed run, alternating."""
+        runs = [("ek", None, self.run_elbokit), ("pt", None, self.run_pytorch)]
+        if self.jx is not None:
+            runs.append(("jx", None, self.run_jax))
+        t = alternate(runs, repeats)
+        return t["ek"], t["pt"], t.get("jx")
 
 
 class VAETrainCase(TrainCase):
     """ek.VAE (Bernoulli) against tm.TorchVAE; step t's noise (1, b, z_dim) from STREAMS['train_noise'] + t."""
 
-    def __init__(self, arch, x, x_eval, epochs, adam_impl):
+    def __init__(self, arch, x, x_eval, epochs, adam_impl, use_jax=True):
         self.arch = arch
         self.ek_model = ek.VAE(arch["x_dim"], arch["z_dim"], hidden=arch["hidden"], likelihood="bernoulli", seed=SEED)
         self.model = tm.TorchVAE.from_elbokit(self.ek_model)
         self.loss_fn = tm.vae_loss
         self.flops = flops_train_step(arch["x_dim"], arch["z_dim"], arch["hidden"], arch["batch"])
-        super().__init__(x, x_eval, epochs, arch["batch"], adam_impl)
+        self.bytes = bytes_train_step(arch["x_dim"], arch["z_dim"], arch["hidden"], arch["batch"])
+        super().__init__(x, x_eval, epochs, arch["batch"], adam_impl, use_jax)
+
+    def jax_setup(self):
+        model = jm.JaxVAE.from_elbokit(self.ek_model)
+        self._jax_trainer(model, jm.vae_loss(model), lambda nz: to_jax(nz[0]))
+
+    def _eval_eps(self):
+        return ek.random.normal((1, len(self.x_eval), self.arch["z_dim"]), 123)
+
+    def held_out_jax(self):
+        f = jm.elbo_fn(self.jx_model)
+        return float(jnp.mean(f(self.jx.params, to_jax(self.x_eval), to_jax(self._eval_eps()[0]))))
 
     def step_noise(self, t, b):
         return torch.from_numpy(ek.random.normal((1, b, self.arch["z_dim"]), SEED,
                                                  ek.random.STREAMS["train_noise"] + t).astype(np.float32))
 
     def held_out(self):
-        eps = ek.random.normal((1, len(self.x_eval), self.arch["z_dim"]), 123)
+        eps = self._eval_eps()
         ek_eval = float(self.ek_model.elbo(self.x_eval, eps=eps).elbo.mean())
         with torch.no_grad():
             pt_eval = float(tm.elbo_terms(self.model, torch.from_numpy(self.x_eval),
@@ -411,7 +660,16 @@ class HVAETrainCase(TrainCase):
         self.model = tm.TorchHVAE.from_elbokit(self.ek_model)
         self.loss_fn = tm.hvae_loss
         self.flops = flops_hvae_train_step(arch["x_dim"], arch["z_dims"], arch["hidden"], arch["batch"])
+        self.bytes = bytes_hvae_train_step(arch["x_dim"], arch["z_dims"], arch["hidden"], arch["batch"])
         super().__init__(x, x_eval, epochs, arch["batch"], adam_impl)
+
+    def jax_setup(self):
+        model = jm.JaxHVAE.from_elbokit(self.ek_model)
+        self._jax_trainer(model, jm.hvae_loss(model), lambda nz: [to_jax(e) for e in nz])
+
+    def held_out_jax(self):
+        eps = [to_jax(e) for e in self._levels(len(self.x_eval), 123)]
+        return float(jnp.mean(jm.hvae_elbo_fn(self.jx_model)(self.jx.params, to_jax(self.x_eval), eps)))
 
     def _levels(self, n, seed, stream=0):
         z = self.arch["z_dims"]
@@ -443,7 +701,17 @@ class DiffusionTrainCase(TrainCase):
         self.loss_fn = tm.diffusion_loss
         c = model.config
         self.flops = flops_diffusion_train_step(c["x_dim"], c["hidden"], c["emb_dim"], DIFFUSION["batch"])
+        self.bytes = bytes_diffusion_train_step(c["x_dim"], c["hidden"], c["emb_dim"], DIFFUSION["batch"])
         super().__init__(x, x_eval, epochs, DIFFUSION["batch"], adam_impl)
+
+    def jax_setup(self):
+        model = jm.JaxDiffusion.from_elbokit(self.ek_model)
+        self._jax_trainer(model, jm.diffusion_loss(model), lambda nz: (to_jax(nz[0]), to_jax(nz[1])))
+
+    def held_out_jax(self):
+        steps, eps = self._draw(len(self.x_eval), 123, 0, 1)
+        f = jm.diffusion_losses_fn(self.jx_model)
+        return float(jnp.mean(f(self.jx.params, to_jax(self.x_eval), to_jax(steps), to_jax(eps))))
 
     def _draw(self, b, seed, time_stream, noise_stream):
         T = self.ek_model.timesteps
@@ -456,7 +724,7 @@ class DiffusionTrainCase(TrainCase):
         return torch.from_numpy(steps), torch.from_numpy(eps)
 
     def train_values(self, hist, pt_loss):
-        return float(hist["train_loss"][-1]), pt_loss
+        return (None if hist is None else float(hist["train_loss"][-1])), pt_loss
 
     def held_out(self):
         steps, eps = self._draw(len(self.x_eval), 123, 0, 1)
@@ -469,9 +737,10 @@ class DiffusionTrainCase(TrainCase):
 
 def case_train(number, name, c, cfg, peak, threads):
     set_threads(threads)
-    check, detail = c.check()
-    t_ek, t_pt = c.timed(cfg["repeats"])
-    return rate_row(number, name, "steps/s", c.steps, t_ek, t_pt, c.flops, peak, check, detail,
+    (check, detail), jx_check = c.check()
+    t_ek, t_pt, t_jx = c.timed(cfg["repeats"])
+    return rate_row(number, name, "steps/s", c.steps, t_ek, t_pt, c.flops, peak, check, detail, t_jx=t_jx,
+                    jax_check=jx_check, jax_compile_s=getattr(c, "jax_compile_s", None), bytes_per_unit=c.bytes,
                     threads=threads, steps_per_run=c.steps, batch=c.B, epochs=c.epochs)
 
 
@@ -511,10 +780,24 @@ def case3(cfg, peak, threads):
         with torch.no_grad():
             return tm.elbo_terms(model, xt, eps)[0]
 
-    check, detail = compare_per_example(run_ek(), run_pt().numpy(), "ELBO")
-    t = alternate([("ek", None, run_ek), ("pt", None, run_pt)], cfg["repeats"])
+    a = run_ek()
+    check, detail = compare_per_example(a, run_pt().numpy(), "ELBO")
+    runs = [("ek", None, run_ek), ("pt", None, run_pt)]
+    jx = {}
+    if jm is not None:
+        jmodel = jm.JaxVAE.from_elbokit(vae)
+        args = (jmodel.params, to_jax(x), to_jax(eps[0]))
+        f, jx["compile_s"] = jm.compile_fn(jm.elbo_fn(jmodel), *args)
+
+        def run_jx():
+            return f(*args).block_until_ready()
+        jx["check"] = compare_per_example(a, np.asarray(run_jx()), "ELBO")
+        runs.append(("jx", None, run_jx))
+    t = alternate(runs, cfg["repeats"])
     return [rate_row(3, f"ELBO evaluation, {n} Fashion-MNIST examples (n_samples=1)", "examples/s", n,
-                     t["ek"], t["pt"], flops_elbo(784, 20, (400,), 1), peak, check, detail, threads=threads)]
+                     t["ek"], t["pt"], flops_elbo(784, 20, (400,), 1), peak, check, detail, t_jx=t.get("jx"),
+                     jax_check=jx.get("check"), jax_compile_s=jx.get("compile_s"),
+                     bytes_per_unit=bytes_elbo(784, 20, (400,), n), threads=threads)]
 
 
 def case4(cfg, peak, threads):
@@ -536,11 +819,26 @@ def case4(cfg, peak, threads):
     # warm-up on a few rows, then the check on the first timed run's output
     vae.log_likelihood(x[:4], k=K, seed=SEED)
     tm.log_likelihood(model, xt[:4], eps[:4])
-    t, outs = alternate_keep_first([("ek", None, run_ek), ("pt", None, run_pt)], cfg["c4_repeats"])
+    runs = [("ek", None, run_ek), ("pt", None, run_pt)]
+    jx = {}
+    if jm is not None:
+        jmodel = jm.JaxVAE.from_elbokit(vae)
+        # chunks of c examples (c * K decoder rows, ~8192 as the engine and the torch version), c | n
+        c = max(d for d in range(1, max(1, 8192 // K) + 1) if n % d == 0)
+        args = (jmodel.params, to_jax(x), to_jax(eps))
+        f, jx["compile_s"] = jm.compile_fn(jm.log_likelihood_fn(jmodel, c), *args)
+
+        def run_jx():
+            return f(*args).block_until_ready()
+        runs.append(("jx", None, run_jx))
+    t, outs = alternate_keep_first(runs, cfg["c4_repeats"])
     check, detail = compare_per_example(outs["ek"], outs["pt"].numpy(), f"L_{K}")
+    if "jx" in outs:
+        jx["check"] = compare_per_example(outs["ek"], np.asarray(outs["jx"]), f"L_{K}")
     return [rate_row(4, f"log-likelihood L_{K}, {n} Fashion-MNIST examples (chunked)", "examples/s", n,
                      t["ek"], t["pt"], flops_log_likelihood(784, 20, (400,), 1, K), peak, check, detail,
-                     threads=threads)]
+                     t_jx=t.get("jx"), jax_check=jx.get("check"), jax_compile_s=jx.get("compile_s"),
+                     bytes_per_unit=bytes_log_likelihood(784, 20, (400,), n, K), threads=threads)]
 
 
 def case5(cfg, peak, threads):
@@ -595,25 +893,42 @@ def case7(cfg, peak, threads):
     # warm-up on a few points, then the check on the first timed run's output
     model.sample(16, method="ddpm", seed=SEED)
     tm.ddpm_sample(pt, noise[:, :16])
-    t, outs = alternate_keep_first([("ek", None, run_ek), ("pt", None, run_pt)], cfg["c7_repeats"])
-    a, b = outs["ek"], outs["pt"].numpy()
-    d = float(np.max(np.abs(a - b)) / np.mean(np.abs(b)))
-    ok = d <= SAMPLE_RTOL and np.isfinite(a).all()
-    detail = (f"same noise (STREAMS['sample'], exact): after {T} steps max |diff| {d:.1e} of mean |x| "
-              f"{np.mean(np.abs(b)):.3f}; sample mean {fmt_vec(a.mean(0))} vs {fmt_vec(b.mean(0))}, "
-              f"std {fmt_vec(a.std(0))} vs {fmt_vec(b.std(0))}; tol {SAMPLE_RTOL:g}")
+    runs = [("ek", None, run_ek), ("pt", None, run_pt)]
+    jx = {}
+    if jm is not None:
+        jmodel = jm.JaxDiffusion.from_elbokit(model)
+        args = (jmodel.params, to_jax(noise))
+        f, jx["compile_s"] = jm.compile_fn(jm.ddpm_sample_fn(jmodel), *args)
+
+        def run_jx():
+            return f(*args).block_until_ready()
+        runs.append(("jx", None, run_jx))
+    t, outs = alternate_keep_first(runs, cfg["c7_repeats"])
+
+    def compare(a, b):
+        d = float(np.max(np.abs(a - b)) / np.mean(np.abs(b)))
+        ok = d <= SAMPLE_RTOL and np.isfinite(a).all()
+        return ("ok" if ok else "FAIL"), (
+            f"same noise (STREAMS['sample'], exact): after {T} steps max |diff| {d:.1e} of mean |x| "
+            f"{np.mean(np.abs(b)):.3f}; sample mean {fmt_vec(a.mean(0))} vs {fmt_vec(b.mean(0))}, "
+            f"std {fmt_vec(a.std(0))} vs {fmt_vec(b.std(0))}; tol {SAMPLE_RTOL:g}")
+    check, detail = compare(outs["ek"], outs["pt"].numpy())
+    if "jx" in outs:
+        jx["check"] = compare(outs["ek"], np.asarray(outs["jx"]))
     h = DIFFUSION
     return [rate_row(7, f"DDPM sampling, {n} 2-D points x {T} steps (eps-MLP 3x256)", "points/s", n,
                      t["ek"], t["pt"], flops_ddpm_sample(h["x_dim"], h["hidden"], h["emb_dim"], T), peak,
-                     "ok" if ok else "FAIL", detail, threads=threads, steps=T)]
+                     check, detail, t_jx=t.get("jx"), jax_check=jx.get("check"), jax_compile_s=jx.get("compile_s"),
+                     bytes_per_unit=bytes_ddpm_sample(h["x_dim"], h["hidden"], h["emb_dim"], n, T),
+                     threads=threads, steps=T)]
 
 
 def case8(cfg, peak, threads):
     """Case 1 at 1 thread and at `threads` threads, all four runs alternating."""
     x, x_eval = fashion(FMNIST["batch"] * cfg["c1_steps"], 1000)
-    c = VAETrainCase(FMNIST, x, x_eval, cfg["c1_epochs"], cfg["adam"])
+    c = VAETrainCase(FMNIST, x, x_eval, cfg["c1_epochs"], cfg["adam"], use_jax=False)
     set_threads(threads)
-    check, detail = c.check()
+    (check, detail), _ = c.check()
     runs = []
     for n_thr in (1, threads):
         prep = (lambda n=n_thr: set_threads(n))
@@ -709,6 +1024,14 @@ def target_text(r, peak):
     if "ratio" in tg:
         parts.append("<= PyTorch" if n == 9 else f">={tg['ratio']:g}x")
         met &= r["ratio"] is not None and r["ratio"] >= tg["ratio"]
+    if "peer" in tg:
+        parts.append(f">={tg['peer']:g}x best peer")
+        met &= r.get("ratio_best_peer") is not None and r["ratio_best_peer"] >= tg["peer"]
+    if "jax" in tg:
+        parts.append(f">={tg['jax']:g}x JAX")
+        if r.get("ratio_jax") is None:
+            return " & ".join(parts) + ": JAX not run", None
+        met &= r["ratio_jax"] >= tg["jax"]
     if "peak" in tg:
         parts.append(f">={tg['peak']:.0%} peak")
         met &= (r.get("peak_share_elbokit") or 0) >= tg["peak"]
@@ -736,32 +1059,67 @@ def fmt_vec(v):
     return "(" + ", ".join(f"{float(c):.4f}" for c in v) + ")"
 
 
-def print_table(rows, peak, out=sys.stdout):
-    head = ["case", "elbokit", "PyTorch", "unit", "ratio", "target", "ek GFLOP/s", "% peak", "check",
-            "ratio (best runs)"]
-    lines = []
-    for r in rows:
-        if r.get("kind") == "meta":
-            continue
-        if r.get("kind") == "peak":
-            lines.append([r["case"], "-", "-", r["unit"], "-", "", fmt(r["value"]),
-                          f"{r['value'] / peak:.0%}" if peak else "-", "", ""])
-            continue
-        share = r.get("peak_share_elbokit")
-        lines.append([r["case"], fmt(r["elbokit"], r["unit"]), fmt(r["pytorch"], r["unit"]), r["unit"] or "",
-                      f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-", target_text(r, peak)[0],
-                      fmt(r.get("gflops_elbokit")), f"{share:.0%}" if share is not None else "-",
-                      r.get("check", ""), f"{r['ratio_best']:.2f}x" if r.get("ratio_best") else ""])
+def _print_grid(head, lines, left, out):
     widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
     sep = "-+-".join("-" * w for w in widths)
 
     def line(cells):
-        return " | ".join(str(c).ljust(w) if i in (0, 3, 5, 8) else str(c).rjust(w)
+        return " | ".join(str(c).ljust(w) if i in left else str(c).rjust(w)
                           for i, (c, w) in enumerate(zip(cells, widths)))
     print(line(head), file=out)
     print(sep, file=out)
     for cells in lines:
         print(line(cells), file=out)
+
+
+def _x(v):
+    return f"{v:.2f}x" if v is not None else "-"
+
+
+def print_table(rows, peak, out=sys.stdout):
+    """The rates and ratios: "vs best peer" (elbokit over the faster of PyTorch and JAX) is the
+    headline; check is PyTorch's / JAX's equivalence check; "ratio (best runs)" is against PyTorch."""
+    head = ["case", "elbokit", "PyTorch", "JAX", "unit", "vs PyTorch", "vs JAX", "vs best peer", "target",
+            "ek GFLOP/s", "% peak", "check", "ratio (best runs)"]
+    lines = []
+    for r in rows:
+        if r.get("kind") == "meta":
+            continue
+        if r.get("kind") in ("peak", "bandwidth"):
+            share = f"{r['value'] / peak:.0%}" if peak and r["kind"] == "peak" else ""
+            lines.append([r["case"], "-", "-", "-", r["unit"], "-", "-", "-", "", fmt(r["value"]), share, "", ""])
+            continue
+        share = r.get("peak_share_elbokit")
+        check = r.get("check", "")
+        if r.get("jax_check"):
+            check += "/" + r["jax_check"]
+        lines.append([r["case"], fmt(r["elbokit"], r["unit"]), fmt(r["pytorch"], r["unit"]), fmt(r.get("jax"), r["unit"]),
+                      r["unit"] or "", _x(r["ratio"]), _x(r.get("ratio_jax")),
+                      (_x(r["ratio_best_peer"]) + f" ({r['best_peer']})") if r.get("ratio_best_peer") else "-",
+                      target_text(r, peak)[0], fmt(r.get("gflops_elbokit")), f"{share:.0%}" if share is not None else "-",
+                      check, f"{r['ratio_best']:.2f}x" if r.get("ratio_best") else ""])
+    _print_grid(head, lines, (0, 4, 8, 11), out)
+
+
+def print_roofline(rows, peak, bw, out=sys.stdout):
+    """Per case and unit of work: FLOPs, bytes, the time each takes at the peak / the bandwidth, the
+    bound (the larger) as a rate, and each framework's rate as a share of it; JAX's compile time."""
+    head = ["case", "unit", "MFLOP/unit", "KB/unit", "FLOP/B", "us at peak", "us at bw", "bound", "bound rate",
+            "elbokit", "PyTorch", "JAX", "JAX compile s"]
+    lines = []
+    pct = lambda v: f"{v:.0%}" if v is not None else "-"  # noqa: E731
+    for r in rows:
+        if r.get("kind") != "case" or "roofline_rate" not in r:
+            continue
+        lines.append([r["case"][:44], r["unit"], f"{r['flops_per_unit'] / 1e6:.3g}",
+                      f"{r['bytes_per_unit'] / 1e3:.3g}", f"{r['intensity']:.0f}",
+                      f"{r['roofline_compute_s'] * 1e6:.3g}", f"{r['roofline_memory_s'] * 1e6:.3g}",
+                      r["roofline_bound"], fmt(r["roofline_rate"]), pct(r["bound_share_elbokit"]),
+                      pct(r["bound_share_pytorch"]), pct(r.get("bound_share_jax")),
+                      f"{r['jax_compile_s']:.2f}" if r.get("jax_compile_s") is not None else "-"])
+    print(f"roofline: peak {peak:.1f} GFLOP/s, memory bandwidth {bw:.1f} GB/s (best runs above); "
+          "shares are each framework's rate over the bound's", file=out)
+    _print_grid(head, lines, (0, 1, 7), out)
 
 
 # ----------------------------------------------------------------------------- main
@@ -774,6 +1132,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2, help="threads for both frameworks (default 2)")
     p.add_argument("--torch-adam", choices=("fused", "foreach", "default"), default="fused",
                    help="torch.optim.Adam implementation (default fused: PyTorch's fastest on CPU)")
+    p.add_argument("--jax", choices=("auto", "on", "off"), default="auto",
+                   help="the JAX column: auto (when jax is importable; default), on (required), off")
     p.add_argument("--memory-worker", choices=("elbokit", "pytorch"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     try:
@@ -795,6 +1155,7 @@ def main(argv=None):
         memory_worker(args.memory_worker, args.threads, args.quick)
         return 0
     t_start = time.perf_counter()
+    _import_jax(args.threads, args.jax)   # first: XLA's thread pool starts before any other runtime's
     _import(args.threads)
     set_threads(args.threads)
     cfg = dict(QUICK if args.quick else FULL)
@@ -802,32 +1163,52 @@ def main(argv=None):
     print(f"elbokit {ek.__version__}, PyTorch {torch.__version__}, numpy {np.__version__}, "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; threads {args.threads}; "
           f"{'quick' if args.quick else 'full'} run; torch Adam: {args.torch_adam}", flush=True)
+    if jm is not None:
+        print(f"JAX {JAX_INFO['version']} on {', '.join(JAX_INFO['devices'])}; XLA_FLAGS {JAX_INFO['xla_flags']!r}; "
+              f"XLA's client started on {args.threads} CPU(s)' affinity: {JAX_INFO['affinity_limited']}; "
+              f"thread check: a compiled 1024^3 GEMM kept {JAX_INFO['cpu_per_wall']:.2f} cores busy "
+              f"(CPU time / wall time; limit {args.threads}), {JAX_INFO['gemm_gflops']:.0f} GFLOP/s", flush=True)
+        if not JAX_INFO["threads_ok"]:
+            print(f"warning: XLA used more than {args.threads} threads", flush=True)
+    else:
+        print(f"JAX: {JAX_INFO['status']} (column '-')", flush=True)
     backend = ek._core.gemm_backend()
     print(f"elbokit products: {backend}", flush=True)
     load0 = os.getloadavg()[0]
     rows = [row("environment", ek.__version__, torch.__version__, None, None, kind="meta",
                 numpy=np.__version__, python=platform.python_version(), machine=platform.machine(),
                 cpus=os.cpu_count(), threads=args.threads, gemm_backend=backend, quick=args.quick,
-                torch_adam=args.torch_adam, cases=args.case_list)]
+                torch_adam=args.torch_adam, cases=args.case_list, jax=dict(JAX_INFO))]
     peak_rows, peak = bench_peak(cfg)
     rows += peak_rows
     print(f"machine peak (best sgemm run, {args.threads} threads): {peak:.1f} GFLOP/s", flush=True)
+    bw_rows, bw = bench_bandwidth(cfg, args.threads)
+    rows += bw_rows
+    print(f"memory bandwidth (best stream run): {bw:.1f} GB/s", flush=True)
     for n in args.case_list:
         t0 = time.perf_counter()
         fn = CASES[n]
         new = fn(cfg, peak, args.threads, args.quick) if n == 9 else fn(cfg, peak, args.threads)
         for r in new:
+            if r.get("kind") == "case":
+                roofline(r, peak, bw)
             if r.get("kind") in ("case", "scaling", "memory"):
                 r["target"], r["target_met"] = target_text(r, peak)
         rows += new
         for r in new:
+            jx = ""
+            if r.get("jax") is not None:
+                jx = (f", JAX {fmt(r['jax'], r['unit'])} (compile {r['jax_compile_s']:.2f} s; check "
+                      f"{r['jax_check']}: {r['jax_check_detail']})")
             print(f"  [{time.perf_counter() - t0:5.1f}s] {r['case']}: elbokit {fmt(r['elbokit'], r['unit'])}, "
                   f"PyTorch {fmt(r['pytorch'], r['unit'])} {r['unit'] or ''}; check {r.get('check')}: "
-                  f"{r.get('check_detail', '')}", flush=True)
+                  f"{r.get('check_detail', '')}{jx}", flush=True)
     if "fm_src" in _CACHE or "dg_src" in _CACHE:
         print("data:", ", ".join(_CACHE[k] for k in ("fm_src", "dg_src") if k in _CACHE))
     print()
     print_table(rows, peak)
+    print()
+    print_roofline(rows, peak, bw)
     load1 = os.getloadavg()[0]
     rows[0].update(loadavg_start=load0, loadavg_end=load1, seconds=time.perf_counter() - t_start)
     print(f"\ntotal {time.perf_counter() - t_start:.0f} s; 1-min load average {load0:.1f} at the start, "
@@ -838,7 +1219,7 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1, default=float)
-    failed = [r["case"] for r in rows if r.get("check") == "FAIL"]
+    failed = [r["case"] for r in rows if "FAIL" in (r.get("check"), r.get("jax_check"))]
     if failed:
         print("EQUIVALENCE CHECK FAILED:", "; ".join(failed), file=sys.stderr)
         return 1
