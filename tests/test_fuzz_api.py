@@ -19,7 +19,8 @@ WIDTHS_BAD = [(0,), (-1,), (10 ** 9, 10 ** 9), (2 ** 63,), (2.5,), ("4",), [None
 # (name, constructor, {argument: (good values, bad values)}); defaults make a small model
 CONSTRUCTORS = [
     ("VAE", lambda **k: ek.VAE(**{"x_dim": 4, "z_dim": 2, "hidden": (3,), **k}),
-     {"x_dim": ([1, 4], BAD_INTS), "z_dim": ([1, 2], BAD_INTS), "hidden": ([(), (3,), 5, [2, 2]], WIDTHS_BAD),
+     {"x_dim": ([1, 4], BAD_INTS), "z_dim": ([1, 2], BAD_INTS), "hidden": ([(), (3,), 5, [2, 2], None],  # None: the default (128, 128)
+                                                                                [w for w in WIDTHS_BAD if w is not None]),
       "likelihood": (["bernoulli", "gaussian"], ["Gaussian", "", None, 1]),
       "dtype": (["float32", "float64"], ["float16", "double", np.float64, None]),
       "seed": ([0, 7, 2 ** 62], [-1, 2 ** 64, 1.5, "0", None]),
