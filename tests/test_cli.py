@@ -256,3 +256,24 @@ def test_train_diffusion_unet_on_digits(tmp_path):
     assert isinstance(back, ek.Diffusion) and back.config["image_shape"] == [1, 8, 8]
     assert main(["train", "diffusion", "--data", "digits", "--channels", "4", "--out", str(out)]) == 2
     assert main(["train", "diffusion", "--data", "swiss_roll", "--net", "unet", "--out", str(out)]) == 2
+
+
+def test_train_vae_conv_on_digits(tmp_path):
+    """`elbokit train vae --data digits --net conv`: the conv VAE, saved and loaded back with its
+    configuration; MLP and conv options are not mixed, and --net conv needs images."""
+    import json
+
+    import elbokit as ek
+    from elbokit.cli import main
+
+    out = tmp_path / "conv"
+    rc = main(["train", "vae", "--data", "digits", "--net", "conv", "--channels", "4", "8", "--epochs", "2",
+               "--k", "20", "--threads", "1", "--no-progress", "--out", str(out)])
+    assert rc == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["config"]["net"] == "conv" and m["config"]["channels"] == [4, 8]
+    back = ek.load(str(out / "model.elbokit"))
+    assert isinstance(back, ek.VAE) and back.config == m["config"]
+    assert main(["train", "vae", "--data", "digits", "--net", "conv", "--hidden", "4", "--out", str(out)]) == 2
+    assert main(["train", "vae", "--data", "digits", "--channels", "4", "--out", str(out)]) == 2
+    assert main(["train", "vae", "--data", "two_moons", "--net", "conv", "--out", str(out)]) == 2

@@ -93,8 +93,13 @@ def model(name: str, help: str, arguments=()):
        arguments=[
            (("--z-dim",), dict(type=_positive_int, default=None, metavar="Z",
                                help="latent dimension (default 8 for images, 2 for 2-D data)")),
-           (("--hidden",), dict(type=_positive_int, nargs="*", default=[128, 128], metavar="H",
-                                help="hidden layer widths of the encoder, reversed in the decoder (default 128 128)")),
+           (("--net",), dict(choices=("mlp", "conv"), default="mlp",
+                             help="encoder and decoder: MLPs, or convolutional networks on images (default mlp)")),
+           (("--hidden",), dict(type=_positive_int, nargs="*", default=None, metavar="H",
+                                help="--net mlp: hidden layer widths of the encoder, reversed in the decoder "
+                                     "(default 128 128)")),
+           (("--channels",), dict(type=_positive_int, nargs="+", default=None, metavar="C",
+                                  help="--net conv: channels per level, each a stride-2 4x4 conv (default 32 64)")),
            (("--likelihood",), dict(choices=("bernoulli", "gaussian"), default=None,
                                     help="decoder p(x|z) (default bernoulli for images, gaussian for 2-D data)")),
            (("--activation",), dict(choices=ACTIVATIONS, default="relu", help="hidden activation (default relu)")),
@@ -104,7 +109,18 @@ def build_vae(args, x_dim: int):
     images = args.data in IMAGE_SHAPES
     z_dim = args.z_dim if args.z_dim is not None else (8 if images else 2)
     likelihood = args.likelihood or ("bernoulli" if images else "gaussian")
-    return VAE(x_dim, z_dim, hidden=tuple(args.hidden), likelihood=likelihood, activation=args.activation,
+    if args.net == "conv":
+        if not images:
+            raise UsageError(f"--net conv needs image data ({', '.join(IMAGE_SHAPES)}), got --data {args.data}")
+        if args.hidden is not None:
+            raise UsageError("--hidden is an option of --net mlp; --net conv takes --channels")
+        return VAE(x_dim, z_dim, net="conv", image_shape=(1, *IMAGE_SHAPES[args.data]),
+                   channels=tuple(args.channels or (32, 64)), likelihood=likelihood, activation=args.activation,
+                   dtype=args.dtype, seed=args.seed)
+    if args.channels is not None:
+        raise UsageError("--channels is an option of --net conv")
+    hidden = (128, 128) if args.hidden is None else tuple(args.hidden)
+    return VAE(x_dim, z_dim, hidden=hidden, likelihood=likelihood, activation=args.activation,
                dtype=args.dtype, seed=args.seed)
 
 
