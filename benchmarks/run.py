@@ -65,11 +65,13 @@ FULL = dict(repeats=7, gemm_n=2048, gemm_repeats=7, bw_n=1 << 24, bw_repeats=7,
             c5_steps=20, c5_epochs=5,      # 2560 rows, batch 128: 100 steps per timed run
             c6_steps=10, c6_epochs=6,      # 5120 rows, batch 512: 60 steps per timed run
             c7_n=10000, c7_t=1000, c7_repeats=2,  # ~20 s per elbokit run: 2 repeats
+            c10_steps=10, c10_epochs=1, c11_steps=6, c11_epochs=1, c12_n=256, c12_repeats=2, quick=False,
             c8_repeats=5)
 QUICK = dict(repeats=3, gemm_n=1024, gemm_repeats=3, bw_n=1 << 22, bw_repeats=3,
              c1_steps=5, c1_epochs=1, c2_steps=10, c2_epochs=2,
              c3_n=2000, c4_n=16, c4_k=1000, c4_repeats=2,
              c5_steps=5, c5_epochs=2, c6_steps=4, c6_epochs=2, c7_n=2000, c7_t=100, c7_repeats=2,
+             c10_steps=2, c10_epochs=1, c11_steps=2, c11_epochs=1, c12_n=8, c12_repeats=2, quick=True,
              c8_repeats=3)
 
 FMNIST = dict(x_dim=784, z_dim=20, hidden=(400,), batch=128)
@@ -87,7 +89,10 @@ SEED = 0
 # of the two ("peer": PyTorch alone when the JAX column is empty), and for case 1 a minimum share
 # of the machine's peak. Issue 15 set 2, 3, 4 and 7 against JAX / the better peer.
 TARGETS = {1: dict(ratio=1.3, peak=0.60), 2: dict(ratio=4.0, jax=1.5), 3: dict(peer=1.5), 4: dict(peer=1.5),
-           5: dict(ratio=4.0), 6: dict(ratio=4.0), 7: dict(peer=1.5), 8: dict(scaling=1.7), 9: dict(ratio=1.0)}
+           5: dict(ratio=4.0), 6: dict(ratio=4.0), 7: dict(peer=1.5), 8: dict(scaling=1.7), 9: dict(ratio=1.0),
+           10: dict(ratio=1.5), 11: dict(ratio=1.3), 12: dict(ratio=1.3)}
+CONV_VAE = dict(image_shape=(1, 28, 28), channels=(32, 64), z_dim=16, batch=128)  # case 10, Fashion-MNIST
+UNET = dict(image_shape=(1, 28, 28), channels=(32, 64), groups=8, emb_dim=32, batch=64)  # cases 11, 12
 
 ek = np = torch = tm = None  # imported in main() after the thread settings
 jax = jnp = jm = None          # optional; imported first in main() by _import_jax
@@ -980,19 +985,27 @@ def _status_kib(key):
 
 
 def memory_worker(fw, threads, quick):
-    """Runs case 1's timed run once in this fresh process and prints {peak_mib, ...} as JSON.
-    Peak = VmHWM after the run minus VmRSS after imports and setup, the high-water mark having
-    been reset (/proc/self/clear_refs) so that loading the data does not count."""
+    """Runs case 1's timed run (fw "elbokit" or "pytorch"), or one epoch of case 11's U-Net steps
+    (fw "elbokit-unet" or "pytorch-unet"), once in this fresh process and prints {peak_mib, ...}
+    as JSON. Peak = VmHWM after the run minus VmRSS after imports and setup, the high-water mark
+    having been reset (/proc/self/clear_refs) so that loading the data does not count."""
     cfg = QUICK if quick else FULL
-    _import(threads, need_torch=(fw == "pytorch"))
+    _import(threads, need_torch=fw.startswith("pytorch") or fw.endswith("-unet"))
     set_threads(threads)
-    x, x_eval = fashion(FMNIST["batch"] * cfg["c1_steps"], 0)
-    if fw == "pytorch":
+    if fw.endswith("-unet"):
+        x, _ = fashion_images(UNET["batch"] * cfg["c11_steps"], 0)
+        c = UNetTrainCase(new_unet(), x, x[:8], 1, cfg["adam"])
+
+        def run():  # fit's train_loss, the torch loop's mean loss: both the simple loss
+            return c.run_pytorch() if fw == "pytorch-unet" else float(c.run_elbokit()["train_loss"][-1])
+    elif fw == "pytorch":
+        x, x_eval = fashion(FMNIST["batch"] * cfg["c1_steps"], 0)
         c = VAETrainCase(FMNIST, x, x_eval, cfg["c1_epochs"], cfg["adam"])
 
         def run():
             return -c.run_pytorch()  # the loop's last-epoch mean loss is minus the train ELBO
     else:
+        x, _ = fashion(FMNIST["batch"] * cfg["c1_steps"], 0)
         vae = ek.VAE(784, 20, hidden=(400,), likelihood="bernoulli", seed=SEED)
 
         def run():
@@ -1011,7 +1024,180 @@ def memory_worker(fw, threads, quick):
                           hwm_mib=hwm / 1024, train_elbo=elbo, method=method)))
 
 
-CASES = {1: case1, 2: case2, 3: case3, 4: case4, 5: case5, 6: case6, 7: case7, 8: case8, 9: case9}
+# ---- image models (issue 11): a conv VAE, a U-Net eps-network, DDIM sampling with it ----------
+def conv_layers_unet(image_shape, channels, emb_dim):
+    """(c_in, c_out, k, output positions) of every conv of the U-Net (unet.hpp) and its Linear layers
+    as (in, out) per example: the products a forward pass computes."""
+    C, H, W = image_shape
+    n, tdim = len(channels), 4 * channels[0]
+    convs, lins = [(C, channels[0], 3, H * W)], [(emb_dim, tdim), (tdim, tdim)]
+
+    def res(cin, cout, hw):
+        convs.extend([(cin, cout, 3, hw), (cout, cout, 3, hw)] + ([(cin, cout, 1, hw)] if cin != cout else []))
+        lins.append((tdim, cout))
+    prev = channels[0]
+    for i, c in enumerate(channels):
+        hw = (H >> i) * (W >> i)
+        res(prev, c, hw)
+        if i < n - 1:
+            convs.append((c, c, 3, hw // 4))
+        prev = c
+    res(prev, prev, (H >> (n - 1)) * (W >> (n - 1)))
+    for i in reversed(range(n)):
+        hw = (H >> i) * (W >> i)
+        res(prev + channels[i], channels[i], hw)
+        prev = channels[i]
+        if i > 0:
+            convs.append((channels[i], channels[i - 1], 3, hw * 4))
+            prev = channels[i - 1]
+    convs.append((prev, C, 3, H * W))
+    return convs, lins
+
+
+def conv_layers_vae(image_shape, channels, z_dim):
+    """The conv VAE's convs (c_in, c_out, k, output positions; a transposed conv counted at its
+    input's positions, where its product runs) and Linear layers (in, out)."""
+    C, H, W = image_shape
+    convs, prev = [], C
+    for i, c in enumerate(channels):
+        convs.append((prev, c, 4, (H >> (i + 1)) * (W >> (i + 1))))
+        prev = c
+    f = 2 ** len(channels)
+    feat = channels[-1] * (H // f) * (W // f)
+    rev = list(channels[::-1]) + [C]
+    dec = [(rev[j], rev[j + 1], 4, (H >> (len(channels) - j)) * (W >> (len(channels) - j))) for j in range(len(rev) - 1)]
+    return convs + dec, [(feat, z_dim), (feat, z_dim), (z_dim, feat)]
+
+
+def conv_flops(convs, lins, batch, train: bool):
+    """Products only: a conv c_in -> c_out, kernel k, at P positions costs 2·c_in·k²·c_out·P per
+    example forward; training adds the same for dW and for dX (except the first layer's dX)."""
+    fwd = [2.0 * ci * k * k * co * p for ci, co, k, p in convs] + [2.0 * a * b for a, b in lins]
+    if not train:
+        return batch * sum(fwd)
+    return batch * (3 * sum(fwd) - fwd[0])
+
+
+def conv_bytes(convs, lins, batch, params, train: bool, extra_floats: float = 0.0) -> float:
+    """bytes_pass's model for image networks: the weights read once (10 P floats for a training
+    step: read twice, the gradient, Adam's p, g, m, v read and p, m, v written), each layer's output
+    written and read once (and its gradient too when training), plus extra_floats."""
+    outs = sum(co * p for _, co, _, p in convs) + sum(b for _, b in lins)
+    per = (6.0 if train else 2.0) * batch * outs
+    return 4.0 * ((10.0 if train else 1.0) * params + per + extra_floats)
+
+
+class ConvVAETrainCase(VAETrainCase):
+    """ek.VAE(net="conv") (Bernoulli) against tm.TorchConvVAE; the noise as VAETrainCase's."""
+
+    def __init__(self, arch, x, x_eval, epochs, adam_impl):
+        self.arch = arch
+        self.ek_model = ek.VAE(None, arch["z_dim"], net="conv", image_shape=arch["image_shape"],
+                               channels=arch["channels"], likelihood="bernoulli", seed=SEED)
+        self.model = tm.TorchConvVAE.from_elbokit(self.ek_model)
+        self.loss_fn = tm.vae_loss
+        convs, lins = conv_layers_vae(arch["image_shape"], arch["channels"], arch["z_dim"])
+        self.flops = conv_flops(convs, lins, arch["batch"], True)
+        D = int(np.prod(arch["image_shape"]))
+        self.bytes = conv_bytes(convs, lins, arch["batch"], self.ek_model.num_parameters, True, 2 * arch["batch"] * D)
+        TrainCase.__init__(self, x, x_eval, epochs, arch["batch"], adam_impl, use_jax=False)
+
+
+def new_unet(timesteps=1000):
+    u = UNET
+    return ek.Diffusion(image_shape=u["image_shape"], net="unet", channels=u["channels"], groups=u["groups"],
+                        emb_dim=u["emb_dim"], timesteps=timesteps, variance="large", dtype="float32", seed=SEED)
+
+
+class UNetTrainCase(DiffusionTrainCase):
+    """ek.Diffusion(net="unet") against tm.TorchUNetDiffusion (loss "simple"), the noise as
+    DiffusionTrainCase's."""
+
+    def __init__(self, model, x, x_eval, epochs, adam_impl):
+        self.ek_model = model
+        self.model = tm.TorchUNetDiffusion.from_elbokit(model)
+        self.loss_fn = tm.diffusion_loss
+        convs, lins = conv_layers_unet(UNET["image_shape"], UNET["channels"], UNET["emb_dim"])
+        self.flops = conv_flops(convs, lins, UNET["batch"], True)
+        self.bytes = conv_bytes(convs, lins, UNET["batch"], model.num_parameters, True, 3 * UNET["batch"] * model.x_dim)
+        TrainCase.__init__(self, x, x_eval, epochs, UNET["batch"], adam_impl, use_jax=False)
+
+
+def fashion_images(n_train, n_test):
+    """Fashion-MNIST rows scaled to [-1, 1] (the diffusion model's data)."""
+    x, x_eval = fashion(n_train, n_test)
+    return 2 * x - 1, 2 * x_eval - 1
+
+
+def case10(cfg, peak, threads):
+    x, x_eval = fashion(CONV_VAE["batch"] * cfg["c10_steps"], 500)
+    c = ConvVAETrainCase(CONV_VAE, x, x_eval, cfg["c10_epochs"], cfg["adam"])
+    return [case_train(10, "Fashion-MNIST conv VAE (32,64)-16 train step (batch 128, Adam)", c, cfg, peak, threads)]
+
+
+def case11(cfg, peak, threads):
+    x, x_eval = fashion_images(UNET["batch"] * cfg["c11_steps"], 128)
+    c = UNetTrainCase(new_unet(), x, x_eval, cfg["c11_epochs"], cfg["adam"])
+    r = case_train(11, "U-Net eps-network (32,64) train step, 28x28 (batch 64, Adam)", c, cfg, peak, threads)
+    return [r] + unet_memory_rows(threads, cfg)
+
+
+def unet_memory_rows(threads, cfg):
+    """Peak resident memory of one U-Net training epoch (case 11's steps), each framework in a fresh
+    subprocess (the memory worker of case 9)."""
+    res = {}
+    for fw in ("elbokit", "pytorch"):
+        cmd = [sys.executable, os.path.abspath(__file__), "--memory-worker", fw + "-unet", "--threads", str(threads)]
+        if cfg.get("quick"):
+            cmd.append("--quick")
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        if p.returncode != 0:
+            raise RuntimeError(f"memory worker {fw}-unet failed:\n{p.stderr[-3000:]}")
+        res[fw] = json.loads(p.stdout.strip().splitlines()[-1])
+    m_ek, m_pt = res["elbokit"]["peak_mib"], res["pytorch"]["peak_mib"]
+    d = rel(res["elbokit"]["train_elbo"], res["pytorch"]["train_elbo"])
+    detail = (f"train loss {res['elbokit']['train_elbo']:.4f} vs {res['pytorch']['train_elbo']:.4f} (rel {d:.1e}); "
+              f"elbokit's whole process {res['elbokit']['hwm_mib']:.0f} MiB resident at its peak (target < 1024)")
+    return [row("11m. peak memory of the U-Net train step (above post-import baseline)", m_ek, m_pt, "MiB",
+                m_pt / max(m_ek, 1e-9), kind="memory", number=None, check="ok" if d <= TRAIN_RTOL else "FAIL",
+                check_detail=detail, workers=res)]
+
+
+def case12(cfg, peak, threads):
+    """DDIM (eta = 0) over 50 steps of the U-Net model after a few training steps, 256 images."""
+    n, S = cfg["c12_n"], 50
+    model = new_unet()
+    x, _ = fashion_images(UNET["batch"] * 4, 0)
+    model.fit(x, epochs=1, batch_size=UNET["batch"], lr=LR, seed=SEED, progress=False)
+    pt = tm.TorchUNetDiffusion.from_elbokit(model)
+    set_threads(threads)
+    T = model.timesteps
+    tau = [T if S == 1 else int(round(1 + k * (T - 1) / (S - 1))) for k in range(S)]
+    abar = [1.0] + [float(a) for a in model.alphas_cumprod]
+    x_T = torch.from_numpy(ek.random.normal((n, model.x_dim), SEED, ek.random.STREAMS["sample"]).astype(np.float32))
+
+    def run_ek():
+        return model.sample(n, method="ddim", steps=S, seed=SEED)
+
+    def run_pt():
+        return tm.ddim_sample(pt, x_T, tau, abar)
+
+    model.sample(8, method="ddim", steps=S, seed=SEED)
+    tm.ddim_sample(pt, x_T[:8], tau, abar)
+    t, outs = alternate_keep_first([("ek", None, run_ek), ("pt", None, run_pt)], cfg["c12_repeats"])
+    a, b = outs["ek"], outs["pt"].numpy()
+    d = float(np.max(np.abs(a - b)) / np.mean(np.abs(b)))
+    check = "ok" if d <= 1e-3 else "FAIL"
+    detail = f"{n} images after {S} DDIM steps from the same x_T: max |diff| / mean |x| = {d:.1e}; tol 1e-3"
+    convs, lins = conv_layers_unet(UNET["image_shape"], UNET["channels"], UNET["emb_dim"])
+    return [rate_row(12, f"DDIM sampling, {n} 28x28 images x {S} steps (U-Net (32,64))", "images/s", n, t["ek"],
+                     t["pt"], S * conv_flops(convs, lins, 1, False), peak, check, detail, threads=threads,
+                     bytes_per_unit=S * conv_bytes(convs, lins, 1, model.num_parameters / n, False,
+                                                   2 * model.x_dim))]
+
+
+CASES = {1: case1, 2: case2, 3: case3, 4: case4, 5: case5, 6: case6, 7: case7, 8: case8, 9: case9,
+         10: case10, 11: case11, 12: case12}
 
 
 # ----------------------------------------------------------------------------- report
@@ -1127,14 +1313,15 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer repeats and smaller sizes (a smoke run)")
-    p.add_argument("--cases", default="1,2,3,4,5,6,7,8,9", help="comma-separated case numbers (default: all)")
+    p.add_argument("--cases", default="1,2,3,4,5,6,7,8,9,10,11,12", help="comma-separated case numbers (default: all)")
     p.add_argument("--json", metavar="PATH", help="write the rows as a JSON list of objects")
     p.add_argument("--threads", type=int, default=2, help="threads for both frameworks (default 2)")
     p.add_argument("--torch-adam", choices=("fused", "foreach", "default"), default="fused",
                    help="torch.optim.Adam implementation (default fused: PyTorch's fastest on CPU)")
     p.add_argument("--jax", choices=("auto", "on", "off"), default="auto",
                    help="the JAX column: auto (when jax is importable; default), on (required), off")
-    p.add_argument("--memory-worker", choices=("elbokit", "pytorch"), help=argparse.SUPPRESS)
+    p.add_argument("--memory-worker", choices=("elbokit", "pytorch", "elbokit-unet", "pytorch-unet"),
+                   help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     try:
         a.case_list = sorted({int(c) for c in a.cases.split(",") if c.strip()})

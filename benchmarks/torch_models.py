@@ -327,3 +327,158 @@ def log_likelihood(model: TorchVAE, x, eps, chunk_rows: int = 8192):
             log_w = log_px + 0.5 * (logvar[b0:b1, None, :] + e * e - z * z).sum(-1)
             out[b0:b1] = torch.logsumexp(log_w.double(), dim=1) - math.log(K)
     return out
+
+
+# ---- image models (cases 10-12) ---------------------------------------------------------------
+class TorchConvVAE(TorchVAE):
+    """elbokit.VAE(net="conv") (Bernoulli decoder) in PyTorch: encoder.{i} Conv2d(c_{i-1}, c_i, 4, 2, 1)
+    + activation, heads encoder.mu / encoder.logvar on the flattened features; decoder.fc Linear to
+    (c_last, H/2^n, W/2^n) + activation, decoder.{j} ConvTranspose2d(4, 2, 1) + activation over the
+    channels reversed, decoder.out ConvTranspose2d to the image's channels."""
+
+    def __init__(self, image_shape, channels, z_dim: int, activation: str = "relu", dtype=torch.float32):
+        nn.Module.__init__(self)
+        C, H, W = image_shape
+        self.x_dim, self.z_dim, self.image_shape, self.channels = C * H * W, int(z_dim), tuple(image_shape), tuple(channels)
+        self.act = ACTIVATIONS[activation]
+        f = 2 ** len(channels)
+        self.h, self.w = H // f, W // f
+        enc = {}
+        prev = C
+        for i, c in enumerate(channels):
+            enc[str(i)] = nn.Conv2d(prev, c, 4, stride=2, padding=1, dtype=dtype)
+            prev = c
+        feat = prev * self.h * self.w
+        enc["mu"], enc["logvar"] = nn.Linear(feat, z_dim, dtype=dtype), nn.Linear(feat, z_dim, dtype=dtype)
+        self.encoder = nn.ModuleDict(enc)
+        rev = list(channels[::-1])
+        dec = {"fc": nn.Linear(z_dim, rev[0] * self.h * self.w, dtype=dtype)}
+        for j in range(len(rev) - 1):
+            dec[str(j)] = nn.ConvTranspose2d(rev[j], rev[j + 1], 4, stride=2, padding=1, dtype=dtype)
+        dec["out"] = nn.ConvTranspose2d(rev[-1], C, 4, stride=2, padding=1, dtype=dtype)
+        self.decoder = nn.ModuleDict(dec)
+
+    @classmethod
+    def from_elbokit(cls, vae, dtype=torch.float32) -> "TorchConvVAE":
+        c = vae.config
+        return cls(c["image_shape"], c["channels"], c["z_dim"], c["activation"], dtype).load_elbokit(vae.parameters())
+
+    def encode(self, x):
+        h = x.reshape(-1, *self.image_shape)
+        for i in range(len(self.channels)):
+            h = self.act(self.encoder[str(i)](h))
+        h = h.reshape(x.shape[0], -1)
+        return self.encoder["mu"](h), self.encoder["logvar"](h)
+
+    def decode(self, z):
+        h = self.act(self.decoder["fc"](z)).reshape(-1, self.channels[-1], self.h, self.w)
+        for j in range(len(self.channels) - 1):
+            h = self.act(self.decoder[str(j)](h))
+        return self.decoder["out"](h).reshape(z.shape[0], -1)
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, cin, cout, tdim, groups, act, dtype):
+        super().__init__()
+        self.act = act
+        self.norm1 = nn.GroupNorm(groups, cin, dtype=dtype)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, dtype=dtype)
+        self.temb = nn.Linear(tdim, cout, dtype=dtype)
+        self.norm2 = nn.GroupNorm(groups, cout, dtype=dtype)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, dtype=dtype)
+        self.skip = nn.Conv2d(cin, cout, 1, dtype=dtype) if cin != cout else None
+
+    def forward(self, x, st):
+        h = self.conv1(self.act(self.norm1(x))) + self.temb(st)[:, :, None, None]
+        h = self.conv2(self.act(self.norm2(h)))
+        return h + (x if self.skip is None else self.skip(x))
+
+
+class _Level(nn.Module):
+    pass
+
+
+class TorchUNet(nn.Module):
+    """elbokit's U-Net (cpp/include/elbokit/unet.hpp), state_dict keys as its parameter names under
+    "net." (the same module as tests/torch_unet.py, in the benchmark's dtype)."""
+
+    def __init__(self, image_shape, channels, emb_dim, groups, activation="silu", dtype=torch.float32):
+        super().__init__()
+        self.image_shape, self.n = tuple(image_shape), len(channels)
+        act = self.act = ACTIVATIONS[activation]
+        ch, tdim = list(channels), 4 * channels[0]
+        self.time = nn.ModuleDict({"0": nn.Linear(emb_dim, tdim, dtype=dtype), "1": nn.Linear(tdim, tdim, dtype=dtype)})
+        self.conv_in = nn.Conv2d(image_shape[0], ch[0], 3, padding=1, dtype=dtype)
+        self.down, prev = nn.ModuleDict(), ch[0]
+        for i in range(self.n):
+            lv = _Level()
+            lv.res = _ResBlock(prev, ch[i], tdim, groups, act, dtype)
+            if i < self.n - 1:
+                lv.down = nn.Conv2d(ch[i], ch[i], 3, stride=2, padding=1, dtype=dtype)
+            self.down[str(i)], prev = lv, ch[i]
+        self.mid = _ResBlock(prev, prev, tdim, groups, act, dtype)
+        self.up = nn.ModuleDict()
+        for i in reversed(range(self.n)):
+            lv = _Level()
+            lv.res = _ResBlock(prev + ch[i], ch[i], tdim, groups, act, dtype)
+            prev = ch[i]
+            if i > 0:
+                lv.up = nn.Conv2d(ch[i], ch[i - 1], 3, padding=1, dtype=dtype)
+                prev = ch[i - 1]
+            self.up[str(i)] = lv
+        self.norm_out = nn.GroupNorm(groups, prev, dtype=dtype)
+        self.out = nn.Conv2d(prev, image_shape[0], 3, padding=1, dtype=dtype)
+
+    def forward(self, x, emb):
+        B = x.shape[0]
+        st = self.act(self.time["1"](self.act(self.time["0"](emb))))
+        h = self.conv_in(x.reshape(B, *self.image_shape))
+        skips = []
+        for i in range(self.n):
+            lv = self.down[str(i)]
+            h = lv.res(h, st)
+            skips.append(h)
+            if i < self.n - 1:
+                h = lv.down(h)
+        h = self.mid(h, st)
+        for i in reversed(range(self.n)):
+            lv = self.up[str(i)]
+            h = lv.res(torch.cat([h, skips[i]], 1), st)
+            if i > 0:
+                h = lv.up(F.interpolate(h, scale_factor=2, mode="nearest"))
+        return self.out(self.act(self.norm_out(h))).reshape(B, -1)
+
+
+class TorchUNetDiffusion(TorchDiffusion):
+    """elbokit.Diffusion(net="unet") with prediction="epsilon": TorchDiffusion's schedule and
+    embedding tables with the U-Net as the eps-network."""
+
+    def __init__(self, model, dtype=torch.float32):
+        c = model.config
+        super().__init__(c["x_dim"], model.betas, model.sigmas2, (), c["emb_dim"], c["activation"], dtype)
+        self.net = TorchUNet(c["image_shape"], c["channels"], c["emb_dim"], c["groups"], c["activation"], dtype)
+        self.trunk = None
+
+    @classmethod
+    def from_elbokit(cls, model, dtype=torch.float32) -> "TorchUNetDiffusion":
+        if model.config["prediction"] != "epsilon" or model.config["data"] != "continuous":
+            raise ValueError("the benchmark's TorchUNetDiffusion implements prediction='epsilon', data='continuous'")
+        return cls(model, dtype).load_elbokit(model.parameters())
+
+    def eps_hat(self, xt, emb):
+        return self.net(xt, emb)
+
+
+@torch.no_grad()
+def ddim_sample(model: TorchDiffusion, x, tau, abar):
+    """Deterministic DDIM (eta = 0) from x = x_T over the ascending steps tau, all points together:
+    x_s = sqrt(abar_s / abar_t) x_t + (sqrt(1 - abar_s) - sqrt(abar_s (1 - abar_t) / abar_t)) eps_hat
+    (the engine's update); abar (T + 1) in float64 with abar[0] = 1, the step after the last."""
+    n = x.shape[0]
+    ab = list(abar)
+    for k in range(len(tau) - 1, -1, -1):
+        t, s = tau[k], (tau[k - 1] if k > 0 else 0)
+        c0 = math.sqrt(ab[s]) / math.sqrt(ab[t])
+        ce = math.sqrt(max(0.0, 1.0 - ab[s])) - math.sqrt(ab[s]) * math.sqrt(1.0 - ab[t]) / math.sqrt(ab[t])
+        x = c0 * x + ce * model.eps_hat(x, model.emb[t].expand(n, -1))
+    return x

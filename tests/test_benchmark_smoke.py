@@ -30,6 +30,8 @@ RUNS = [
     ("2,3", {2: ("steps/s", "2. digits VAE"), 3: ("examples/s", "3. ELBO evaluation")}),
     ("5,6,7", {5: ("steps/s", "5. digits HVAE"), 6: ("steps/s", "6. diffusion eps-MLP"),
                7: ("points/s", "7. DDPM sampling")}),
+    ("10,11,12", {10: ("steps/s", "10. Fashion-MNIST conv VAE"), 11: ("steps/s", "11. U-Net eps-network"),
+                  12: ("images/s", "12. DDIM sampling")}),
 ]
 
 
