@@ -954,17 +954,24 @@ def case8(cfg, peak, threads):
     return [r1, r2, r]
 
 
-def case9(cfg, peak, threads, quick):
-    """Peak memory of case 1's timed run, each framework in a fresh subprocess."""
+def memory_workers(suffix, threads, quick, timeout=900):
+    """{framework: the memory worker's JSON} for elbokit and PyTorch, each run in a fresh
+    subprocess (``--memory-worker elbokit{suffix}`` and ``pytorch{suffix}``)."""
     res = {}
     for fw in ("elbokit", "pytorch"):
-        cmd = [sys.executable, os.path.abspath(__file__), "--memory-worker", fw, "--threads", str(threads)]
+        cmd = [sys.executable, os.path.abspath(__file__), "--memory-worker", fw + suffix, "--threads", str(threads)]
         if quick:
             cmd.append("--quick")
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         if p.returncode != 0:
-            raise RuntimeError(f"memory worker {fw} failed:\n{p.stderr[-3000:]}")
+            raise RuntimeError(f"memory worker {fw}{suffix} failed:\n{p.stderr[-3000:]}")
         res[fw] = json.loads(p.stdout.strip().splitlines()[-1])
+    return res
+
+
+def case9(cfg, peak, threads, quick):
+    """Peak memory of case 1's timed run, each framework in a fresh subprocess."""
+    res = memory_workers("", threads, quick)
     m_ek, m_pt = res["elbokit"]["peak_mib"], res["pytorch"]["peak_mib"]
     d = rel(res["elbokit"]["train_elbo"], res["pytorch"]["train_elbo"])
     ok = d <= TRAIN_RTOL
@@ -1145,15 +1152,7 @@ def case11(cfg, peak, threads):
 def unet_memory_rows(threads, cfg):
     """Peak resident memory of one U-Net training epoch (case 11's steps), each framework in a fresh
     subprocess (the memory worker of case 9)."""
-    res = {}
-    for fw in ("elbokit", "pytorch"):
-        cmd = [sys.executable, os.path.abspath(__file__), "--memory-worker", fw + "-unet", "--threads", str(threads)]
-        if cfg.get("quick"):
-            cmd.append("--quick")
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-        if p.returncode != 0:
-            raise RuntimeError(f"memory worker {fw}-unet failed:\n{p.stderr[-3000:]}")
-        res[fw] = json.loads(p.stdout.strip().splitlines()[-1])
+    res = memory_workers("-unet", threads, cfg["quick"])
     m_ek, m_pt = res["elbokit"]["peak_mib"], res["pytorch"]["peak_mib"]
     d = rel(res["elbokit"]["train_elbo"], res["pytorch"]["train_elbo"])
     detail = (f"train loss {res['elbokit']['train_elbo']:.4f} vs {res['pytorch']['train_elbo']:.4f} (rel {d:.1e}); "
