@@ -146,6 +146,7 @@ class UNet final : public Module<T> {
     ResState mid;
     Mat<T> a_out, s_out, mean_out, rstd_out, out;
     Mat<T> dst, dtemb, dts0, dt0, ds_out, da_out, dh, dh0;
+    Mat<T> dnext[2];  // ∂J/∂(a down level's output), ping-pong between levels
   };
 
   ConvP add_conv(ParamLayout& layout, const std::string& name, Index C, Index H, Index W, Index O, Index k, Index s,
@@ -416,14 +417,14 @@ void UNet<T>::backward(const T* p, T* g, const T* in, const T* cond, Index B, Ca
     s.dh0.resize(B, nh);  // scratch: ∂J/∂mid.out
     for (Index b = 0; b < B; ++b) std::copy(top.dcat.data() + b * w, top.dcat.data() + b * w + nh, s.dh0.data() + b * nh);
   }
-  const Index top_in = mid_.cin * mid_.HW;
-  Mat<T> dmid_in = Mat<T>::Zero(B, top_in);
+  int cur = 0;  // s.dnext[cur]: ∂J/∂(output of down level i, after its down conv)
+  s.dnext[cur].setZero(B, mid_.cin * mid_.HW);
   const T* mid_in = down_[size_t(n - 1)].conv.w >= 0 ? s.down[size_t(n - 1)].conv.data()
                                                      : s.down[size_t(n - 1)].res.out.data();
-  res_backward(p, g, mid_, mid_in, s.st.data(), B, s.mid, s.dh0.data(), dmid_in.data(), s.dst.data(), s.work);
+  res_backward(p, g, mid_, mid_in, s.st.data(), B, s.mid, s.dh0.data(), s.dnext[cur].data(), s.dst.data(), s.work);
   // 2. down, from level n − 1 to 0: ∂J/∂skip_i = the skip half of up level i's dcat + the path above
-  Mat<T> dnext = std::move(dmid_in);  // ∂J/∂(output of down level i, after its down conv)
   for (Index i = n - 1; i >= 0; --i) {
+    const Mat<T>& dnext = s.dnext[cur];
     LevelState& ls = s.down[size_t(i)];
     const Level& lv = down_[size_t(i)];
     const Index HWi = lv.res.HW, ci = ch_[size_t(i)];
@@ -436,12 +437,13 @@ void UNet<T>::backward(const T* p, T* g, const T* in, const T* cond, Index B, Ca
       for (Index j = 0; j < ci * HWi; ++j) ls.dres(b, j) += u.dcat(b, off + j);
     const T* x = i == 0 ? s.h0.data() : (down_[size_t(i - 1)].conv.w >= 0 ? s.down[size_t(i - 1)].conv.data()
                                                                             : s.down[size_t(i - 1)].res.out.data());
-    Mat<T> dx = Mat<T>::Zero(B, lv.res.cin * HWi);
+    Mat<T>& dx = s.dnext[1 - cur];
+    dx.setZero(B, lv.res.cin * HWi);
     res_backward(p, g, lv.res, x, s.st.data(), B, ls.res, ls.dres.data(), dx.data(), s.dst.data(), s.work);
-    dnext = std::move(dx);
+    cur = 1 - cur;
   }
   // conv_in
-  conv_bwd(p, g, conv_in_, in, B, dnext.data(), din, s.work);
+  conv_bwd(p, g, conv_in_, in, B, s.dnext[cur].data(), din, s.work);
   // 1. the time MLP (the embedding itself gets no gradient)
   s.dtemb.resize(B, Td);
   activation_backward(s.dtemb.data(), s.dst.data(), s.temb.data(), s.st.data(), B * Td, act_);
