@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import elbokit as ek
-from torch_diffusion import cosine_betas, from_elbokit, linear_betas
+from torch_diffusion import cosine_betas, denoising_terms, from_elbokit, linear_betas
 
 
 # ---- schedules --------------------------------------------------------------------------------
@@ -108,20 +108,13 @@ def test_denoising_elbo_matches_torch_on_the_engines_noise(data, prediction, rng
     m = ek.Diffusion(D, timesteps=T, hidden=(8,), data=data, prediction=prediction, dtype="float64", seed=4)
     x = rng.integers(0, 256, size=(n, D)) * 2 / 255 - 1 if data == "discrete256" else rng.normal(size=(n, D))
     r = m.elbo(x, seed=7)
-    eps = ek.random.normal((n, T, D), seed=7, stream=ek.random.STREAMS["diffusion_elbo"])
-    ref = from_elbokit(m)
-    xs = np.repeat(x, T, axis=0)
-    ts = np.tile(np.arange(1, T + 1), n)
-    with torch.no_grad():
-        step, _ = ref.step_term(torch.tensor(xs), torch.tensor(ts), torch.tensor(eps.reshape(n * T, D)))
-        prior = ref.prior_kl(torch.tensor(x)).numpy()
-    step = step.numpy().reshape(n, T)
+    step, prior, (xs, ts, eps) = denoising_terms(m, x, seed=7)
     assert np.allclose(r.reconstruction, -step[:, 0], rtol=1e-10)
     assert np.allclose(r.steps[:, 1:], step[:, 1:], rtol=1e-10) and np.all(r.steps[:, 0] == 0)
     assert np.allclose(r.prior, prior, rtol=1e-10)
     assert np.allclose(r.elbo, -prior - step.sum(1), rtol=1e-10)
     # loss(kind="elbo") at each t is the one-step estimate prior + T * L_t
-    per = m.loss(xs, ts, eps.reshape(n * T, D), "elbo").reshape(n, T)
+    per = m.loss(xs, ts, eps, "elbo").reshape(n, T)
     assert np.allclose(per, prior[:, None] + T * step, rtol=1e-10)
 
 

@@ -195,3 +195,20 @@ def from_elbokit(model):
         unet = dict(image_shape=c["image_shape"], channels=c["channels"], groups=c["groups"])
     return TorchDiffusion(c["x_dim"], betas, c["hidden"], c["emb_dim"], c["activation"], c["prediction"],
                           c["variance"], c["data"], unet=unet).load(model.parameters())
+
+
+def denoising_terms(model, x, seed):
+    """Form B's terms of an elbokit model at the engine's own noise (rng.hpp: kDiffusionElbo, ε of
+    (example b, step t) at (b·T + t − 1)·D + j), recomputed by the PyTorch reference step by step:
+    (step (n, T): −log p(x_0|x_1) in column 0, the step KLs after it; prior (n,); the rows it used:
+    (x_0 (n·T, D), t (n·T,), ε (n·T, D)), row b·T + t − 1)."""
+    import elbokit as ek
+
+    n, D, T = x.shape[0], x.shape[1], model.timesteps
+    eps = ek.random.normal((n * T, D), seed=seed, stream=ek.random.STREAMS["diffusion_elbo"])
+    xs, ts = np.repeat(x, T, axis=0), np.tile(np.arange(1, T + 1), n)
+    ref = from_elbokit(model)
+    with torch.no_grad():
+        step, _ = ref.step_term(t64(xs), torch.as_tensor(ts), t64(eps))
+        prior = ref.prior_kl(t64(x)).numpy()
+    return step.numpy().reshape(n, T), prior, (xs, ts, eps)
