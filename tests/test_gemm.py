@@ -16,12 +16,57 @@ def rel_err(got, want):
     return np.abs(got - want).max() / max(np.abs(want).max(), 1e-300)
 
 
-def test_default_build_uses_openblas():
-    assert _core.gemm_backend().startswith("OpenBLAS"), _core.gemm_backend()
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+
+
+def _backend_in_subprocess(value):
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ)
+    if value is None:
+        env.pop("ELBOKIT_GEMM", None)
+    else:
+        env["ELBOKIT_GEMM"] = value
+    return subprocess.run([sys.executable, "-c", "import elbokit; print(elbokit._core.gemm_backend())"],
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_backend_rule_and_override():
+    # the default build links OpenBLAS; the products use Eigen's AVX-512 GEMM only where OpenBLAS's
+    # running core has narrower vectors (gemm.hpp); ELBOKIT_GEMM forces either
+    auto = _backend_in_subprocess(None)
+    assert auto.returncode == 0, auto.stderr
+    name = auto.stdout.strip()
+    assert "OpenBLAS (scipy-openblas32" in name, name
+    avx512_core = any(c in name for c in ("core SkylakeX", "core Cooperlake", "core SapphireRapids", "core Zen4"))
+    if "avx512f" in _cpu_flags() and not avx512_core:
+        assert name.startswith("Eigen") and "AVX-512" in name, name
+    else:
+        assert name.startswith("OpenBLAS"), name
+    forced = {v: _backend_in_subprocess(v) for v in ("openblas", "eigen")}
+    assert forced["openblas"].stdout.startswith("OpenBLAS"), forced["openblas"]
+    assert forced["eigen"].stdout.startswith("Eigen"), forced["eigen"]
+    bad = _backend_in_subprocess("mkl")
+    assert bad.returncode != 0 and "ELBOKIT_GEMM must be 'auto', 'openblas' or 'eigen', got 'mkl'" in bad.stderr
+
+
+def test_backends_agree_on_the_same_operands():
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(70, 130)), rng.normal(size=(130, 90))
+    want = a @ b
+    for backend in ("default", "eigen", "openblas"):
+        got = K["float64"].gemm(False, False, a, b, np.zeros((70, 90)), 0.0, backend)
+        assert rel_err(got, want) < 1e-13, backend
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("backend", ["default", "eigen"])
+@pytest.mark.parametrize("backend", ["default", "eigen", "openblas"])
 @pytest.mark.parametrize("ta,tb", [(False, False), (False, True), (True, False), (True, True)])
 @pytest.mark.parametrize("m,n,k", [(1, 1, 1), (3, 5, 7), (37, 300, 129), (130, 17, 1)])
 @pytest.mark.parametrize("beta", [0.0, 1.0, -0.5])
@@ -50,7 +95,7 @@ def test_gemm_beta_zero_ignores_nan_and_depth_zero_scales(backend):
 
 def test_gemm_bad_arguments():
     k = K["float64"]
-    with pytest.raises(ValueError, match="backend must be 'default' or 'eigen', got 'mkl'"):
+    with pytest.raises(ValueError, match="backend must be 'default', 'eigen' or 'openblas', got 'mkl'"):
         k.gemm(False, False, np.ones((2, 3)), np.ones((3, 4)), np.zeros((2, 4)), 0.0, "mkl")
     with pytest.raises(ValueError, match="b must have 3 rows"):
         k.gemm(False, False, np.ones((2, 3)), np.ones((2, 4)), np.zeros((2, 4)), 0.0)

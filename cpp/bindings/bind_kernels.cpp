@@ -31,17 +31,25 @@ void bind_kernels_for(py::module_& k) {
     return d;
   }, py::arg("activation"), py::arg("a"), py::arg("dout"), "dinp = dout * f'(a), (n, m).");
   k.def("gemm", [](bool ta, bool tb, CRef a, CRef b, Mat<T> c, double beta, const std::string& backend) {
-    if (backend != "default" && backend != "eigen") fail("backend must be 'default' or 'eigen', got '" + backend + "'");
+    if (backend != "default" && backend != "eigen" && backend != "openblas")
+      fail("backend must be 'default', 'eigen' or 'openblas', got '" + backend + "'");
     const Index m = ta ? a.cols() : a.rows(), k = ta ? a.rows() : a.cols();
     const Index kb = tb ? b.cols() : b.rows(), n = tb ? b.rows() : b.cols();
     if (kb != k) fail("b must have " + std::to_string(k) + " rows in op(b), got " + std::to_string(kb));
     check_shape("c", c.rows(), c.cols(), m, n);
     auto f = backend == "eigen" ? &gemm_eigen<T> : &gemm<T>;
+#ifdef ELBOKIT_USE_BLAS
+    if (backend == "openblas") f = &gemm_openblas<T>;
+#else
+    if (backend == "openblas") fail("backend 'openblas': this build has no OpenBLAS (ELBOKIT_BLAS=OFF)");
+#endif
     f(ta, tb, m, n, k, a.data(), std::max<Index>(1, a.cols()), b.data(), std::max<Index>(1, b.cols()), T(beta),
       c.data(), std::max<Index>(1, n));
     return c;
   }, py::arg("ta"), py::arg("tb"), py::arg("a"), py::arg("b"), py::arg("c"), py::arg("beta"),
-     py::arg("backend") = "default", "beta * c + op(a) op(b) through the engine's product (gemm.hpp).");
+     py::arg("backend") = "default",
+     "beta * c + op(a) op(b) through the engine's product (gemm.hpp): 'default' (the backend gemm_init chose), "
+     "'eigen' or 'openblas'.");
   k.def("linear_forward", [](CRef x, CRef w, CRef b) {
     check_cols("w", w.rows(), w.cols(), x.cols());
     check_shape("b", b.rows(), b.cols(), 1, w.rows());

@@ -11,7 +11,21 @@
 // of threads. On AVX2 cores (2 x AMD EPYC here) OpenBLAS's single-thread sgemm runs these tile
 // shapes at 65-91 GFLOP/s against 51-65 for Eigen's own (benchmarks/README.md). Without it
 // (-C cmake.define.ELBOKIT_BLAS=OFF) Eigen's product runs on the same tiles.
+//
+// Which of the two, decided once when the module loads (gemm_init) and fixed for the process:
+// OpenBLAS, unless the build targets AVX-512 (-march=native on such a core: Eigen's kernels then
+// use 512-bit vectors) while OpenBLAS runs a kernel of narrower vectors (its DYNAMIC_ARCH core is
+// chosen at load time and OPENBLAS_CORETYPE can force, say, Haswell on an AVX-512 core). Then
+// Eigen's product is the faster: one thread, 2 x AMD EPYC (avx512f) with OPENBLAS_CORETYPE=Haswell,
+// the engine's tile shapes (128x400x784, 400x784x128, 512x256x256, 32x288x196, every transpose):
+// float32 140-171 GFLOP/s against 90-119 for OpenBLAS's Haswell kernel, float64 68-83 against
+// 49-58. ELBOKIT_GEMM=openblas|eigen overrides the choice (auto: the rule above). The choice
+// changes the summation order of the products, not their determinism: each tile is one
+// single-threaded call whose result depends only on its shape.
 #pragma once
+
+#include <cstdlib>
+#include <cstring>
 
 #include "elbokit/common.hpp"
 
@@ -43,21 +57,68 @@ inline void gemm(int ta, int tb, int m, int n, int k, const double* A, int lda, 
 }  // namespace blas_detail
 #endif
 
-// Which backend the products use, for elbokit.info() and the benchmark's header.
+namespace gemm_detail {
+// true: the products go through Eigen's own GEMM (set once by gemm_init, read by every call).
+inline bool& use_eigen() {
+  static bool v =
+#ifdef ELBOKIT_USE_BLAS
+      false;
+#else
+      true;
+#endif
+  return v;
+}
+// Whether OpenBLAS's running core uses 512-bit vectors (its DYNAMIC_ARCH core names).
+inline bool openblas_core_is_avx512([[maybe_unused]] const char* core) {
+#ifdef ELBOKIT_USE_BLAS
+  for (const char* c : {"SkylakeX", "Cooperlake", "SapphireRapids", "Zen4", "Zen5"})
+    if (std::strstr(core, c)) return true;
+#endif
+  return false;
+}
+}  // namespace gemm_detail
+
+inline std::string eigen_version() {
+  return std::to_string(EIGEN_WORLD_VERSION) + "." + std::to_string(EIGEN_MAJOR_VERSION) + "." +
+         std::to_string(EIGEN_MINOR_VERSION);
+}
+
+// Which backend the products use, and why, for elbokit.info() and the benchmark's header.
 inline std::string gemm_backend() {
 #ifdef ELBOKIT_USE_BLAS
-  return std::string("OpenBLAS (scipy-openblas32, one thread per tile; ") + scipy_openblas_get_config() +
-         "; core " + scipy_openblas_get_corename() + ")";
+  const std::string blas = std::string("OpenBLAS (scipy-openblas32; ") + scipy_openblas_get_config() + "; core " +
+                           scipy_openblas_get_corename() + ")";
+  if (gemm_detail::use_eigen())
+    return "Eigen " + eigen_version() +
+#ifdef __AVX512F__
+           " (its own GEMM, AVX-512, one thread per tile; preferred to " + blas + ")";
 #else
-  return "Eigen " + std::to_string(EIGEN_WORLD_VERSION) + "." + std::to_string(EIGEN_MAJOR_VERSION) + "." +
-         std::to_string(EIGEN_MINOR_VERSION) + " (its own GEMM, one thread per tile)";
+           " (its own GEMM, one thread per tile; ELBOKIT_GEMM=eigen, instead of " + blas + ")";
+#endif
+  return blas.substr(0, blas.size() - 1) + ", one thread per tile)";
+#else
+  return "Eigen " + eigen_version() + " (its own GEMM, one thread per tile)";
 #endif
 }
 
-// Called once when the module loads: OpenBLAS's own threads are never used.
+// Called once when the module loads: OpenBLAS's own threads are never used, and the backend is
+// chosen (see the top of this file). Throws on an unknown ELBOKIT_GEMM.
 inline void gemm_init() {
 #ifdef ELBOKIT_USE_BLAS
   scipy_openblas_set_num_threads(1);
+  const char* env = std::getenv("ELBOKIT_GEMM");
+  const std::string choice = env && *env ? env : "auto";
+  if (choice == "openblas") gemm_detail::use_eigen() = false;
+  else if (choice == "eigen") gemm_detail::use_eigen() = true;
+  else if (choice == "auto") {
+#ifdef __AVX512F__
+    gemm_detail::use_eigen() = !gemm_detail::openblas_core_is_avx512(scipy_openblas_get_corename());
+#else
+    gemm_detail::use_eigen() = false;
+#endif
+  } else {
+    fail("the environment variable ELBOKIT_GEMM must be 'auto', 'openblas' or 'eigen', got '" + choice + "'");
+  }
 #endif
 }
 
@@ -82,14 +143,25 @@ void gemm_eigen(bool ta, bool tb, Index m, Index n, Index k, const T* A, Index l
   else run(Eigen::Map<const RM, 0, Stride>(A, m, k, Stride(lda)));
 }
 
+#ifdef ELBOKIT_USE_BLAS
+// OpenBLAS's product whatever gemm_init chose (the tests compare the backends on the same operands).
+template <class T>
+void gemm_openblas(bool ta, bool tb, Index m, Index n, Index k, const T* A, Index lda, const T* B, Index ldb, T beta,
+                   T* C, Index ldc) {
+  if (m <= 0 || n <= 0) return;
+  if (k <= 0) return gemm_eigen(ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc);  // C = beta · C
+  blas_detail::gemm(ta ? blas_detail::kTrans : blas_detail::kNoTrans, tb ? blas_detail::kTrans : blas_detail::kNoTrans,
+                    int(m), int(n), int(k), A, int(lda), B, int(ldb), beta, C, int(ldc));
+}
+#endif
+
 template <class T>
 void gemm(bool ta, bool tb, Index m, Index n, Index k, const T* A, Index lda, const T* B, Index ldb, T beta, T* C,
           Index ldc) {
 #ifdef ELBOKIT_USE_BLAS
   if (m <= 0 || n <= 0) return;
-  if (k <= 0) return gemm_eigen(ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc);  // C = beta · C
-  blas_detail::gemm(ta ? blas_detail::kTrans : blas_detail::kNoTrans, tb ? blas_detail::kTrans : blas_detail::kNoTrans,
-                    int(m), int(n), int(k), A, int(lda), B, int(ldb), beta, C, int(ldc));
+  if (gemm_detail::use_eigen()) return gemm_eigen(ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc);
+  gemm_openblas(ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc);
 #else
   gemm_eigen(ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc);
 #endif
