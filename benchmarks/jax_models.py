@@ -17,7 +17,10 @@ the timed region, as it does for PyTorch.
 Only what the benchmark's cases use: the Bernoulli likelihood with analytic KL for the VAEs
 (log p(x|z) = sum_d x_d l_d - softplus(l_d); KL = -1/2 sum_j (1 + logvar_j - mu_j^2 - exp(logvar_j))),
 the Markov HVAE, the epsilon-prediction diffusion model (MATH.md's simple loss and ancestral
-sampling), as in torch_models.py.
+sampling), as in torch_models.py; for the image cases (10-12) the conv VAE (JaxConvVAE), the U-Net
+eps-network (JaxUNetDiffusion) and deterministic DDIM sampling (ddim_sample_fn), with
+lax.conv_general_dilated on NCHW images and torch's kernel layouts (Conv2d OIHW, ConvTranspose2d
+(in, out, kH, kW)).
 
 jax is imported by run.py after it has set XLA_FLAGS and the thread limit; this module imports it
 at its own import (run.py imports it only then).
@@ -32,20 +35,21 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["JaxVAE", "JaxHVAE", "JaxDiffusion", "compile_fn", "Trainer", "vae_loss", "hvae_loss",
-           "diffusion_loss", "elbo_fn", "log_likelihood_fn", "hvae_elbo_fn", "diffusion_losses_fn",
-           "ddpm_sample_fn"]
+__all__ = ["JaxVAE", "JaxHVAE", "JaxDiffusion", "JaxConvVAE", "JaxUNetDiffusion", "compile_fn", "Trainer",
+           "vae_loss", "hvae_loss", "diffusion_loss", "elbo_fn", "log_likelihood_fn", "hvae_elbo_fn",
+           "diffusion_losses_fn", "ddpm_sample_fn", "ddim_sample_fn"]
 
 ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid, "softplus": jax.nn.softplus,
                "elu": jax.nn.elu, "silu": jax.nn.silu, "leaky_relu": lambda t: jax.nn.leaky_relu(t, 0.01)}
 
 
 def to_params(params: dict) -> dict:
-    """elbokit's parameters as float32 device arrays, weights transposed to (in, out)."""
+    """elbokit's parameters as float32 device arrays, a linear layer's (out, in) weight transposed to
+    (in, out); conv kernels (4-D, torch's layouts) and GroupNorm's affine vectors (1-D) as they are."""
     out = {}
     for k, v in params.items():
         a = np.asarray(v, dtype=np.float32)
-        out[k] = jnp.asarray(np.ascontiguousarray(a.T) if k.endswith(".weight") else a)
+        out[k] = jnp.asarray(np.ascontiguousarray(a.T) if k.endswith(".weight") and a.ndim == 2 else a)
     return out
 
 
@@ -255,6 +259,163 @@ def ddpm_sample_fn(model: JaxDiffusion):
             return step(p, x, t) + model.s[t] * noise[k]
         x = lax.fori_loop(1, T, body, noise[0])
         return step(p, x, 1)
+    return sample
+
+
+# ---- image models (cases 10-12) ---------------------------------------------------------------
+# Images are NCHW: B batch, C channels, H x W sides; kernels as torch stores them (Conv2d (O, I, k, k),
+# ConvTranspose2d (I, O, k, k)), so elbokit's parameters load unchanged.
+_NCHW = ("NCHW", "OIHW", "NCHW")
+
+
+def _conv(p, name, h, stride=1, padding=None):
+    """torch.nn.Conv2d(stride, padding) on h (B, I, H, W): padding defaults to k // 2 (k = 3: 1, k = 1: 0)."""
+    w = p[name + ".weight"]                                    # (O, I, k, k)
+    pad = w.shape[2] // 2 if padding is None else padding
+    out = lax.conv_general_dilated(h, w, (stride, stride), [(pad, pad), (pad, pad)], dimension_numbers=_NCHW)
+    return out + p[name + ".bias"][None, :, None, None]
+
+
+def _conv_transpose(p, name, h, stride=2, padding=1):
+    """torch.nn.ConvTranspose2d(k, stride, padding) on h (B, I, H, W) -> (B, O, (H-1) s - 2 pad + k, ...):
+    the gradient of a strided conv, i.e. a stride-1 conv of the input dilated by s (lhs_dilation),
+    padded by k - 1 - pad, with the kernel flipped in space and its (I, O) axes swapped to OIHW."""
+    w = p[name + ".weight"]                                    # (I, O, k, k)
+    k = w.shape[2]
+    w = jnp.flip(w, (2, 3)).transpose(1, 0, 2, 3)              # (O, I, k, k)
+    q = k - 1 - padding
+    out = lax.conv_general_dilated(h, w, (1, 1), [(q, q), (q, q)], lhs_dilation=(stride, stride),
+                                   dimension_numbers=_NCHW)
+    return out + p[name + ".bias"][None, :, None, None]
+
+
+def _group_norm(p, name, h, groups, eps=1e-5):
+    """torch.nn.GroupNorm(groups, C, eps=1e-5) on h (B, C, H, W): per example and group the mean and
+    the biased variance over (C / G, H, W), then the per-channel affine."""
+    B, C, H, W = h.shape
+    g = h.reshape(B, groups, -1)
+    mean = jnp.mean(g, -1, keepdims=True)
+    var = jnp.mean(jnp.square(g - mean), -1, keepdims=True)
+    g = ((g - mean) * lax.rsqrt(var + eps)).reshape(B, C, H, W)
+    return g * p[name + ".weight"][None, :, None, None] + p[name + ".bias"][None, :, None, None]
+
+
+def _upsample2(h):
+    """Nearest x2 (torch's F.interpolate(scale_factor=2, mode="nearest")): (B, C, H, W) -> (B, C, 2H, 2W)."""
+    B, C, H, W = h.shape
+    return jnp.broadcast_to(h[:, :, :, None, :, None], (B, C, H, 2, W, 2)).reshape(B, C, 2 * H, 2 * W)
+
+
+class JaxConvVAE(JaxVAE):
+    """elbokit.VAE(net="conv") (Bernoulli), as TorchConvVAE: encoder.{i} Conv2d(4, 2, 1) + activation,
+    heads encoder.mu / encoder.logvar on the flattened features (B, c_last h w); decoder.fc to
+    (c_last, h, w) + activation, decoder.{j} ConvTranspose2d(4, 2, 1) + activation over the channels
+    reversed, decoder.out ConvTranspose2d to the image's channels (logits, flattened to (B, D))."""
+
+    def __init__(self, image_shape, channels, z_dim, activation, params):
+        C, H, W = (int(v) for v in image_shape)
+        self.image_shape, self.channels = (C, H, W), tuple(int(c) for c in channels)
+        self.x_dim, self.z_dim = C * H * W, int(z_dim)
+        f = 2 ** len(self.channels)
+        self.h, self.w = H // f, W // f
+        self.act = ACTIVATIONS[activation]
+        self.params = to_params(params)
+
+    @classmethod
+    def from_elbokit(cls, vae):
+        c = vae.config
+        if c.get("net") != "conv" or vae.likelihood != "bernoulli":
+            raise ValueError("the benchmark's JaxConvVAE implements net='conv' with the Bernoulli likelihood only")
+        return cls(c["image_shape"], c["channels"], c["z_dim"], c["activation"], vae.parameters())
+
+    def encode(self, p, x):
+        h = x.reshape(-1, *self.image_shape)                              # (B, C, H, W)
+        for i in range(len(self.channels)):
+            h = self.act(_conv(p, f"encoder.{i}", h, stride=2, padding=1))  # (B, c_i, H/2^(i+1), W/2^(i+1))
+        h = h.reshape(x.shape[0], -1)                                     # (B, c_last h w)
+        return _dense(p, "encoder.mu", h), _dense(p, "encoder.logvar", h)
+
+    def decode(self, p, z):
+        """Bernoulli logits (B, D)."""
+        h = self.act(_dense(p, "decoder.fc", z)).reshape(-1, self.channels[-1], self.h, self.w)
+        for j in range(len(self.channels) - 1):
+            h = self.act(_conv_transpose(p, f"decoder.{j}", h))
+        return _conv_transpose(p, "decoder.out", h).reshape(z.shape[0], -1)
+
+
+class JaxUNetDiffusion(JaxDiffusion):
+    """elbokit.Diffusion(net="unet"), prediction="epsilon": JaxDiffusion's schedule and embedding
+    tables with elbokit's U-Net (cpp/include/elbokit/unet.hpp, TorchUNet) as the eps-network, its
+    parameters under "net.": time.0/1 (emb -> 4 c_0 -> 4 c_0, activation after each), conv_in, per
+    level down.i.res (ResBlock) and down.i.down (3x3 stride 2) but the last, mid, per level (from the
+    bottom) up.i.res on cat(h, skip_i) and up.i.up (nearest x2, 3x3 conv to c_{i-1}) but level 0,
+    norm_out + activation, out."""
+
+    def __init__(self, model):
+        c = model.config
+        super().__init__(c["x_dim"], model.betas, model.sigmas2, (), c["emb_dim"], c["activation"],
+                         model.parameters())
+        self.image_shape, self.channels, self.groups = tuple(c["image_shape"]), tuple(c["channels"]), int(c["groups"])
+
+    @classmethod
+    def from_elbokit(cls, model):
+        c = model.config
+        if c.get("net") != "unet" or c["prediction"] != "epsilon" or c["data"] != "continuous":
+            raise ValueError("the benchmark's JaxUNetDiffusion implements net='unet', prediction='epsilon', "
+                             "data='continuous'")
+        return cls(model)
+
+    def _res(self, p, name, h, st):
+        """ResBlock: conv2(act(norm2(conv1(act(norm1(h))) + temb(st)))) + (h or skip(h))."""
+        a = _conv(p, name + ".conv1", self.act(_group_norm(p, name + ".norm1", h, self.groups)))
+        a = a + _dense(p, name + ".temb", st)[:, :, None, None]
+        a = _conv(p, name + ".conv2", self.act(_group_norm(p, name + ".norm2", a, self.groups)))
+        return a + (_conv(p, name + ".skip", h) if name + ".skip.weight" in p else h)
+
+    def eps_hat(self, p, xt, emb):
+        """The U-Net on x_t (B, D) at embeddings emb (B, E) -> eps_hat (B, D)."""
+        B, n = xt.shape[0], len(self.channels)
+        st = self.act(_dense(p, "net.time.1", self.act(_dense(p, "net.time.0", emb))))   # (B, 4 c_0)
+        h = _conv(p, "net.conv_in", xt.reshape(B, *self.image_shape))                    # (B, c_0, H, W)
+        skips = []
+        for i in range(n):
+            h = self._res(p, f"net.down.{i}.res", h, st)
+            skips.append(h)
+            if i < n - 1:
+                h = _conv(p, f"net.down.{i}.down", h, stride=2, padding=1)
+        h = self._res(p, "net.mid", h, st)
+        for i in reversed(range(n)):
+            h = self._res(p, f"net.up.{i}.res", jnp.concatenate([h, skips[i]], 1), st)
+            if i > 0:
+                h = _conv(p, f"net.up.{i}.up", _upsample2(h))
+        h = self.act(_group_norm(p, "net.norm_out", h, self.groups))
+        return _conv(p, "net.out", h).reshape(B, -1)
+
+
+def ddim_sample_fn(model: JaxDiffusion, tau, abar):
+    """sample(p, x_T (n, D)) -> x_0: deterministic DDIM (eta = 0) over the ascending steps tau, as
+    torch_models.ddim_sample (the engine's update)
+        x_s = sqrt(abar_s / abar_t) x_t + (sqrt(1 - abar_s) - sqrt(abar_s (1 - abar_t) / abar_t)) eps_hat,
+    s the step before t in tau (0 after the first), abar (T + 1) in float64 with abar[0] = 1. The
+    coefficients are tabulated in float64 and kept in float32; one lax.scan over the len(tau) steps
+    (the network compiled once, not unrolled)."""
+    ab = [float(a) for a in abar]
+    ts, c0, ce = [], [], []
+    for k in range(len(tau) - 1, -1, -1):
+        t, s = int(tau[k]), (int(tau[k - 1]) if k > 0 else 0)
+        ts.append(t)
+        c0.append(math.sqrt(ab[s]) / math.sqrt(ab[t]))
+        ce.append(math.sqrt(max(0.0, 1.0 - ab[s])) - math.sqrt(ab[s]) * math.sqrt(1.0 - ab[t]) / math.sqrt(ab[t]))
+    steps = (jnp.asarray(ts, jnp.int32), jnp.asarray(c0, jnp.float32), jnp.asarray(ce, jnp.float32))
+
+    def sample(p, x):
+        n = x.shape[0]
+
+        def body(x, step):
+            t, a, b = step
+            e = model.eps_hat(p, x, jnp.broadcast_to(model.emb[t], (n, model.emb.shape[1])))
+            return a * x + b * e, None
+        return lax.scan(body, x, steps)[0]
     return sample
 
 

@@ -1095,7 +1095,8 @@ def conv_bytes(convs, lins, batch, params, train: bool, extra_floats: float = 0.
 
 
 class ConvVAETrainCase(VAETrainCase):
-    """ek.VAE(net="conv") (Bernoulli) against tm.TorchConvVAE; the noise as VAETrainCase's."""
+    """ek.VAE(net="conv") (Bernoulli) against tm.TorchConvVAE and jm.JaxConvVAE; the noise and the
+    held-out ELBO as VAETrainCase's."""
 
     def __init__(self, arch, x, x_eval, epochs, adam_impl):
         self.arch = arch
@@ -1107,7 +1108,11 @@ class ConvVAETrainCase(VAETrainCase):
         self.flops = conv_flops(convs, lins, arch["batch"], True)
         D = int(np.prod(arch["image_shape"]))
         self.bytes = conv_bytes(convs, lins, arch["batch"], self.ek_model.num_parameters, True, 2 * arch["batch"] * D)
-        TrainCase.__init__(self, x, x_eval, epochs, arch["batch"], adam_impl, use_jax=False)
+        TrainCase.__init__(self, x, x_eval, epochs, arch["batch"], adam_impl)
+
+    def jax_setup(self):
+        model = jm.JaxConvVAE.from_elbokit(self.ek_model)
+        self._jax_trainer(model, jm.vae_loss(model), lambda nz: to_jax(nz[0]))
 
 
 def new_unet(timesteps=1000):
@@ -1117,8 +1122,8 @@ def new_unet(timesteps=1000):
 
 
 class UNetTrainCase(DiffusionTrainCase):
-    """ek.Diffusion(net="unet") against tm.TorchUNetDiffusion (loss "simple"), the noise as
-    DiffusionTrainCase's."""
+    """ek.Diffusion(net="unet") against tm.TorchUNetDiffusion and jm.JaxUNetDiffusion (loss "simple"),
+    the noise and the held-out loss as DiffusionTrainCase's."""
 
     def __init__(self, model, x, x_eval, epochs, adam_impl):
         self.ek_model = model
@@ -1127,7 +1132,11 @@ class UNetTrainCase(DiffusionTrainCase):
         convs, lins = conv_layers_unet(UNET["image_shape"], UNET["channels"], UNET["emb_dim"])
         self.flops = conv_flops(convs, lins, UNET["batch"], True)
         self.bytes = conv_bytes(convs, lins, UNET["batch"], model.num_parameters, True, 3 * UNET["batch"] * model.x_dim)
-        TrainCase.__init__(self, x, x_eval, epochs, UNET["batch"], adam_impl, use_jax=False)
+        TrainCase.__init__(self, x, x_eval, epochs, UNET["batch"], adam_impl)
+
+    def jax_setup(self):
+        model = jm.JaxUNetDiffusion.from_elbokit(self.ek_model)
+        self._jax_trainer(model, jm.diffusion_loss(model), lambda nz: (to_jax(nz[0]), to_jax(nz[1])))
 
 
 def fashion_images(n_train, n_test):
@@ -1183,14 +1192,31 @@ def case12(cfg, peak, threads):
 
     model.sample(8, method="ddim", steps=S, seed=SEED)
     tm.ddim_sample(pt, x_T[:8], tau, abar)
-    t, outs = alternate_keep_first([("ek", None, run_ek), ("pt", None, run_pt)], cfg["c12_repeats"])
-    a, b = outs["ek"], outs["pt"].numpy()
-    d = float(np.max(np.abs(a - b)) / np.mean(np.abs(b)))
-    check = "ok" if d <= 1e-3 else "FAIL"
-    detail = f"{n} images after {S} DDIM steps from the same x_T: max |diff| / mean |x| = {d:.1e}; tol 1e-3"
+    runs = [("ek", None, run_ek), ("pt", None, run_pt)]
+    jx = {}
+    if jm is not None:
+        # one compiled lax.scan over the S steps, from the same x_T (compiled here, outside the timing)
+        jmodel = jm.JaxUNetDiffusion.from_elbokit(model)
+        args = (jmodel.params, to_jax(x_T))
+        f, jx["compile_s"] = jm.compile_fn(jm.ddim_sample_fn(jmodel, tau, abar), *args)
+
+        def run_jx():
+            return f(*args).block_until_ready()
+        runs.append(("jx", None, run_jx))
+    t, outs = alternate_keep_first(runs, cfg["c12_repeats"])
+
+    def compare(a, b):
+        d = float(np.max(np.abs(a - b)) / np.mean(np.abs(b)))
+        ok = d <= SAMPLE_RTOL and np.isfinite(a).all()
+        return ("ok" if ok else "FAIL"), (f"{n} images after {S} DDIM steps from the same x_T: max |diff| / mean |x| "
+                                          f"= {d:.1e}; tol {SAMPLE_RTOL:g}")
+    check, detail = compare(outs["ek"], outs["pt"].numpy())
+    if "jx" in outs:
+        jx["check"] = compare(outs["ek"], np.asarray(outs["jx"]))
     convs, lins = conv_layers_unet(UNET["image_shape"], UNET["channels"], UNET["emb_dim"])
     return [rate_row(12, f"DDIM sampling, {n} 28x28 images x {S} steps (U-Net (32,64))", "images/s", n, t["ek"],
-                     t["pt"], S * conv_flops(convs, lins, 1, False), peak, check, detail, threads=threads,
+                     t["pt"], S * conv_flops(convs, lins, 1, False), peak, check, detail, t_jx=t.get("jx"),
+                     jax_check=jx.get("check"), jax_compile_s=jx.get("compile_s"), threads=threads,
                      bytes_per_unit=S * conv_bytes(convs, lins, 1, model.num_parameters / n, False,
                                                    2 * model.x_dim))]
 
