@@ -96,16 +96,19 @@ void bind_diffusion_t(py::module_& m, const char* name) {
         }
         return py::make_tuple(J, r.loss, grad);
       }, py::arg("x0"), py::arg("t"), py::arg("eps"), py::arg("kind"), "-> (mean loss, loss (B), dJ/dtheta (P)).")
-      .def("elbo", [](M& v, CRef x0, const std::string& form, uint64_t seed) {
+      .def("elbo", [](M& v, CRef x0, const std::string& form, uint64_t seed, Index row0) {
         if (form != "denoising" && form != "consistency")
           fail("form must be one of 'denoising', 'consistency', got '" + form + "'");
+        if (row0 < 0) fail("row0 must be >= 0, got " + std::to_string(row0));
         DiffusionElboTerms t;
         {
           py::gil_scoped_release nogil;
-          t = form == "denoising" ? v.elbo_denoising(x0, seed) : v.elbo_consistency(x0, seed);
+          t = form == "denoising" ? v.elbo_denoising(x0, seed, row0) : v.elbo_consistency(x0, seed, row0);
         }
         return elbo_tuple(t);
-      }, py::arg("x0"), py::arg("form"), py::arg("seed"), "-> (reconstruction (B), prior (B), steps (B, T)).")
+      }, py::arg("x0"), py::arg("form"), py::arg("seed"), py::arg("row0") = 0,
+         "-> (reconstruction (B), prior (B), steps (B, T)); row0: x0's first row's index in the set whose noise "
+         "is reproduced.")
       .def("sample", [](M& v, Index n, const std::string& method, Index steps, double eta, uint64_t seed, bool traj) {
         Mat<T> tr, x;
         std::vector<Index> times;
@@ -119,21 +122,22 @@ void bind_diffusion_t(py::module_& m, const char* name) {
            "-> (x (n, D), trajectory ((S+1)*n, D) or None, steps visited or None).")
       .def("ema_flat", [](M& v) { return Vec<T>(v.ema()); }, "The EMA buffer (P) (after fit with ema: the last iterate).")
       .def("fit", [](M& v, CRef x, std::optional<CRef> xval, const py::dict& options, py::object callback,
-                     const std::string& loss, double ema) {
+                     const std::string& loss, double ema, py::object comm) {
         v.set_train_loss(loss_from_string(loss));
         const FitOptions o = fit_options_from(options);
         if (o.beta != 1.0 || o.warmup_steps != 0 || o.free_bits != 0.0 || o.n_samples != 1 || o.kl != "analytic")
           fail("beta, warmup_steps, free_bits, n_samples and kl are VAE options; a diffusion model takes none of them");
         if (ema > 0) v.ema_begin(ema);
         try {
-          py::tuple r = run_fit<T>(v, x, xval, options, callback);
+          py::tuple r = run_fit<T>(v, x, xval, options, callback, comm);
           if (ema > 0) v.ema_end(r[1].is_none());  // keep the last finite iterate on divergence
           return r;
         } catch (...) {
           if (ema > 0) v.ema_end(false);
           throw;
         }
-      }, py::arg("x"), py::arg("validation"), py::arg("options"), py::arg("callback"), py::arg("loss"), py::arg("ema"));
+      }, py::arg("x"), py::arg("validation"), py::arg("options"), py::arg("callback"), py::arg("loss"), py::arg("ema"),
+         py::arg("comm") = py::none());
 }
 
 void bind_diffusion(py::module_& m) {

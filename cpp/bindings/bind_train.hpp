@@ -58,15 +58,47 @@ inline elbokit::FitOptions fit_options_from(const py::dict& d) {
   return o;
 }
 
+// Thrown out of the training loop when the Python allreduce raised (the error is rethrown after).
+struct AllreduceFailed : std::runtime_error {
+  AllreduceFailed() : std::runtime_error("allreduce failed") {}
+};
+
+// comm: None (one process) or (rank, size, allreduce), allreduce(grad (P,), stats (n,)) a Python
+// callable that sums both float arrays over the processes in place (python/elbokit/distributed.py).
+template <class T>
+elbokit::Collective<T> collective_from(py::object comm, std::optional<py::error_already_set>& py_error) {
+  elbokit::Collective<T> c;
+  if (comm.is_none()) return c;
+  py::tuple t = comm.cast<py::tuple>();
+  if (t.size() != 3) throw std::invalid_argument("comm must be (rank, size, allreduce)");
+  c.rank = t[0].cast<int>();
+  c.size = t[1].cast<int>();
+  py::object fn = t[2];
+  c.allreduce = [fn, &py_error](T* grad, elbokit::Index P, double* stats, elbokit::Index n) {
+    py::gil_scoped_acquire gil;
+    try {
+      // views of the engine's buffers (a base object: no copy)
+      py::array_t<T> g({py::ssize_t(P)}, {py::ssize_t(sizeof(T))}, grad, py::none());
+      py::array_t<double> s({py::ssize_t(n)}, {py::ssize_t(sizeof(double))}, stats, py::none());
+      fn(g, s);
+    } catch (py::error_already_set& e) {
+      py_error.emplace(std::move(e));
+      throw AllreduceFailed();
+    }
+  };
+  return c;
+}
+
 // Returns (history, error message or None, failing step or -1).
 template <class T, class Model>
 py::tuple run_fit(Model& model, Eigen::Ref<const elbokit::Mat<T>> x, std::optional<Eigen::Ref<const elbokit::Mat<T>>> xval,
-                  const py::dict& options, py::object callback) {
+                  const py::dict& options, py::object callback, py::object comm = py::none()) {
   const elbokit::FitOptions o = fit_options_from(options);
   elbokit::check_cols("x", x.rows(), x.cols(), model.data_dim());
   if (xval) elbokit::check_cols("validation", xval->rows(), xval->cols(), model.data_dim());
   elbokit::FitHistory hist;
   std::optional<py::error_already_set> py_error;
+  const elbokit::Collective<T> coll = collective_from<T>(comm, py_error);
   elbokit::ProgressFn fn;
   if (!callback.is_none()) {
     fn = [&](const elbokit::Progress& p) {
@@ -85,10 +117,12 @@ py::tuple run_fit(Model& model, Eigen::Ref<const elbokit::Mat<T>> x, std::option
   {
     py::gil_scoped_release nogil;
     try {
-      elbokit::fit<T>(model, x.data(), x.rows(), xval ? xval->data() : nullptr, xval ? xval->rows() : 0, o, hist, fn);
+      elbokit::fit<T>(model, x.data(), x.rows(), xval ? xval->data() : nullptr, xval ? xval->rows() : 0, o, hist, fn,
+                      coll);
     } catch (const elbokit::NonFiniteError& e) {
       err = e.what();
       err_step = e.step();
+    } catch (const AllreduceFailed&) {
     }
   }
   if (py_error) throw std::move(*py_error);
@@ -99,9 +133,10 @@ py::tuple run_fit(Model& model, Eigen::Ref<const elbokit::Mat<T>> x, std::option
 template <class T, class M, class Cls>
 Cls& bind_fit(Cls& cls) {
   using CRef = Eigen::Ref<const elbokit::Mat<T>>;
-  cls.def("fit", [](M& v, CRef x, std::optional<CRef> xval, const py::dict& options, py::object callback) {
-    return run_fit<T>(v, x, xval, options, callback);
-  }, py::arg("x"), py::arg("validation"), py::arg("options"), py::arg("callback"));
+  cls.def("fit", [](M& v, CRef x, std::optional<CRef> xval, const py::dict& options, py::object callback,
+                    py::object comm) {
+    return run_fit<T>(v, x, xval, options, callback, comm);
+  }, py::arg("x"), py::arg("validation"), py::arg("options"), py::arg("callback"), py::arg("comm") = py::none());
   return cls;
 }
 

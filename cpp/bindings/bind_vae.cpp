@@ -85,10 +85,12 @@ void bind_vae_t(py::module_& m, const char* name) {
         return grad;
       }, py::arg("x"), py::arg("dmu"), py::arg("dlogvar"),
            "x (B, D), dmu and dlogvar (B, Z) = dJ/d(mu, logvar) -> dJ/dtheta (P) (encoder entries only).")
-      .def("log_likelihood", [](M& v, CRef x, Index K, uint64_t seed) {
+      .def("log_likelihood", [](M& v, CRef x, Index K, uint64_t seed, Index row0) {
+        if (row0 < 0) fail("row0 must be >= 0, got " + std::to_string(row0));
         py::gil_scoped_release nogil;
-        return v.log_likelihood(x, K, seed);
-      }, py::arg("x"), py::arg("k"), py::arg("seed"), "x (B, D) -> L_K (B).");
+        return v.log_likelihood(x, K, seed, row0);
+      }, py::arg("x"), py::arg("k"), py::arg("seed"), py::arg("row0") = 0,
+         "x (B, D) -> L_K (B); row0: x's first row's index in the set whose noise is reproduced.");
 }
 
 void bind_vae(py::module_& m) {

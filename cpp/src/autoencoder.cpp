@@ -169,15 +169,16 @@ double Autoencoder<T>::loss_grad(CMatRef<T> x, CMatRef<T> noise, double scale, T
 }
 
 template <class T>
-StepResult Autoencoder<T>::train_step(const T* x, Index B, const FitOptions& o, uint64_t step, double, T* grad) {
-  Mat<T> noise;  // (B, D): δ = s ε from (seed, kTrainNoise + step)
+StepResult Autoencoder<T>::train_step(const T* x, Index B, const Shard& sh, const FitOptions& o, uint64_t step,
+                                      double, T* grad) {
+  Mat<T> noise;  // (B, D): δ = s ε from (seed, kTrainNoise + step), at the rows' global indices (Shard)
   if (denoising_) {
     noise.resize(B, cfg_.x_dim);
-    fill_normal(noise.data(), B * cfg_.x_dim, o.seed, streams::kTrainNoise + step);
+    fill_normal(noise.data(), B * cfg_.x_dim, o.seed, streams::kTrainNoise + step, uint64_t(sh.offset * cfg_.x_dim));
     noise *= T(cfg_.noise_std);
   }
   AELossTerms t;
-  const double J = loss_grad(CMatMap<T>(x, B, cfg_.x_dim), noise, 1.0, grad, &t);
+  const double J = loss_grad(CMatMap<T>(x, B, cfg_.x_dim), noise, sh.weight(B), grad, &t);
   StepResult r;
   r.loss = J;
   r.elbo = -J;

@@ -440,7 +440,7 @@ double Diffusion<T>::loss_grad_learned(CMatRef<T> x0, const std::vector<Index>& 
 
 // ---- Decomposition B (MATH.md §7): every step of every example; rows p = b·T + (t − 1).
 template <class T>
-DiffusionElboTerms Diffusion<T>::elbo_denoising(CMatRef<T> x0, uint64_t seed) {
+DiffusionElboTerms Diffusion<T>::elbo_denoising(CMatRef<T> x0, uint64_t seed, Index row0) {
   check_cols("x", x0.rows(), x0.cols(), cfg_.x_dim);
   std::lock_guard<std::mutex> lock(mutex_);
   const Index N = x0.rows(), D = cfg_.x_dim, Tn = sch_.T;
@@ -465,7 +465,7 @@ DiffusionElboTerms Diffusion<T>::elbo_denoising(CMatRef<T> x0, uint64_t seed) {
       tt[size_t(r)] = t;
       const double ab = sch_.alphas_cumprod[size_t(t)];
       for (Index j = 0; j < D; ++j) {
-        const T e = T(normal_at(seed, streams::kDiffusionElbo, uint64_t(p) * uint64_t(D) + uint64_t(j)));
+        const T e = T(normal_at(seed, streams::kDiffusionElbo, uint64_t(row0 * Tn + p) * uint64_t(D) + uint64_t(j)));
         eps(r, j) = e;
         w.xt(r, j) = T(std::sqrt(ab)) * x0(b, j) + T(std::sqrt(1.0 - ab)) * e;
       }
@@ -515,7 +515,7 @@ DiffusionElboTerms Diffusion<T>::elbo_denoising(CMatRef<T> x0, uint64_t seed) {
 // is not this: it treats x_t as independent of x_{t+1}, which it is not (see the report).
 // The top term KL(q(x_T|x_{T−1}) ‖ N(0, I)) is analytic given x_{T−1}.
 template <class T>
-DiffusionElboTerms Diffusion<T>::elbo_consistency(CMatRef<T> x0, uint64_t seed) {
+DiffusionElboTerms Diffusion<T>::elbo_consistency(CMatRef<T> x0, uint64_t seed, Index row0) {
   check_cols("x", x0.rows(), x0.cols(), cfg_.x_dim);
   std::lock_guard<std::mutex> lock(mutex_);
   const Index N = x0.rows(), D = cfg_.x_dim, Tn = sch_.T;
@@ -543,7 +543,7 @@ DiffusionElboTerms Diffusion<T>::elbo_consistency(CMatRef<T> x0, uint64_t seed) 
         const double sa = std::sqrt(sch_.alphas[size_t(t)]), sb = std::sqrt(sch_.betas[size_t(t)]);
         for (Index j = 0; j < D; ++j) {
           const double prev = t == 1 ? double(x0(b0 + b, j)) : double(chain(r - 1, j));
-          const uint64_t idx = (uint64_t(b0 + b) * uint64_t(Tn) + uint64_t(t - 1)) * uint64_t(D) + uint64_t(j);
+          const uint64_t idx = (uint64_t(row0 + b0 + b) * uint64_t(Tn) + uint64_t(t - 1)) * uint64_t(D) + uint64_t(j);
           chain(r, j) = T(sa * prev + sb * normal_at(seed, streams::kDiffusionChain, idx));
         }
       }

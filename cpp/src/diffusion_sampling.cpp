@@ -129,17 +129,20 @@ void Diffusion<T>::after_step(uint64_t) {
 }
 
 // train_step: t_b = 1 + ⌊T·u_b⌋, u_b = uniform_at(seed, kDiffusionTime + step, b); ε (B, D) from
-// (seed, kTrainNoise + step) at b·D + j. Reports unbiased estimates of the ELBO's terms.
+// (seed, kTrainNoise + step) at b·D + j, b the row's index in the global minibatch (Shard). Reports
+// unbiased estimates of the ELBO's terms.
 template <class T>
-StepResult Diffusion<T>::train_step(const T* x, Index B, const FitOptions& o, uint64_t step, double, T* grad) {
+StepResult Diffusion<T>::train_step(const T* x, Index B, const Shard& sh, const FitOptions& o, uint64_t step, double,
+                                    T* grad) {
   const Index D = cfg_.x_dim, Tn = sch_.T;
   std::vector<Index> t(static_cast<size_t>(B));
   for (Index b = 0; b < B; ++b)
-    t[size_t(b)] = std::min(Tn, 1 + Index(double(Tn) * uniform_at(o.seed, streams::kDiffusionTime + step, uint64_t(b))));
+    t[size_t(b)] = std::min(
+        Tn, 1 + Index(double(Tn) * uniform_at(o.seed, streams::kDiffusionTime + step, uint64_t(sh.offset + b))));
   Mat<T> eps(B, D);
-  fill_normal(eps.data(), B * D, o.seed, streams::kTrainNoise + step);
+  fill_normal(eps.data(), B * D, o.seed, streams::kTrainNoise + step, uint64_t(sh.offset * D));
   LossTerms lt;
-  const double J = loss_grad(CMatMap<T>(x, B, D), t, eps, train_loss_, 1.0, grad, &lt);
+  const double J = loss_grad(CMatMap<T>(x, B, D), t, eps, train_loss_, sh.weight(B), grad, &lt);
   StepResult r;
   r.loss = J;
   double rec = 0, kl = 0;

@@ -311,9 +311,9 @@ double Flow<T>::objective_grad(CMatRef<T> x, double scale, T* grad, FlowTerms* t
 }
 
 template <class T>
-StepResult Flow<T>::train_step(const T* x, Index B, const FitOptions&, uint64_t, double, T* grad) {
+StepResult Flow<T>::train_step(const T* x, Index B, const Shard& sh, const FitOptions&, uint64_t, double, T* grad) {
   FlowTerms t;
-  const double J = objective_grad(CMatMap<T>(x, B, cfg_.dim), -1.0, grad, &t);
+  const double J = objective_grad(CMatMap<T>(x, B, cfg_.dim), -sh.weight(B), grad, &t);
   StepResult r;
   r.loss = -J;
   r.elbo = J;

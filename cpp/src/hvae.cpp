@@ -357,7 +357,7 @@ double HVAE<T>::objective_grad(CMatRef<T> x, const T* eps, Index S, KLMode kl, d
 }
 
 template <class T>
-Vec<double> HVAE<T>::log_likelihood(CMatRef<T> x, Index K, uint64_t seed) {
+Vec<double> HVAE<T>::log_likelihood(CMatRef<T> x, Index K, uint64_t seed, Index row0) {
   check_cols("x", x.rows(), x.cols(), cfg_.x_dim);
   if (K <= 0) fail("k must be a positive integer, got " + std::to_string(K));
   std::lock_guard<std::mutex> lock(mutex_);
@@ -381,7 +381,7 @@ Vec<double> HVAE<T>::log_likelihood(CMatRef<T> x, Index K, uint64_t seed) {
         const Index Z = cfg_.z_dims[size_t(l)];
         T* e = eps.data() + R * zoff_[size_t(l)];
         for (Index r = 0; r < R; ++r) {
-          const uint64_t b = uint64_t(b0 + r % bc), k = uint64_t(k0 + r / bc);
+          const uint64_t b = uint64_t(row0 + b0 + r % bc), k = uint64_t(k0 + r / bc);
           fill_normal_serial(e + r * Z, Z, seed, streams::kLogLikelihood,
                              (b * uint64_t(K) + k) * uint64_t(ztot_) + uint64_t(zoff_[size_t(l)]));
         }
@@ -481,13 +481,17 @@ Mat<T> HVAE<T>::generate(Index B, const T* eps, std::vector<Mat<T>>& z) {
 }
 
 template <class T>
-StepResult HVAE<T>::train_step(const T* x, Index B, const FitOptions& o, uint64_t step, double beta, T* grad) {
-  const Index S = o.n_samples;
-  Mat<T> eps(S * B * ztot_, 1);  // noise of this step: (seed, kTrainNoise + step), level-blocked (S, B, Z_l)
-  fill_normal(eps.data(), S * B * ztot_, o.seed, streams::kTrainNoise + step);
+StepResult HVAE<T>::train_step(const T* x, Index B, const Shard& sh, const FitOptions& o, uint64_t step, double beta,
+                               T* grad) {
+  const Index S = o.n_samples, G = sh.global(B);
+  // noise of this step: (seed, kTrainNoise + step), level-blocked (S, B_global, Z_l), our rows of each block
+  Mat<T> eps(S * B * ztot_, 1);
+  for (Index l = 0; l < L_; ++l)
+    fill_normal_rows(eps.data() + S * B * zoff_[size_t(l)], S, B, cfg_.z_dims[size_t(l)], sh.offset, G, o.seed,
+                     streams::kTrainNoise + step, uint64_t(S * G * zoff_[size_t(l)]));
   HElboTerms t;
   const double J = objective_grad(CMatMap<T>(x, B, cfg_.x_dim), eps.data(), S, kl_from_string(o.kl), beta, o.free_bits,
-                                  -1.0, grad, &t);
+                                  -sh.weight(B), grad, &t);
   StepResult r;
   r.loss = -J;
   r.reconstruction = t.reconstruction.mean();

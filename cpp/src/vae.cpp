@@ -235,7 +235,7 @@ double VAE<T>::objective_grad(CMatRef<T> x, CMatRef<T> eps, Index S, KLMode kl, 
 }
 
 template <class T>
-Vec<double> VAE<T>::log_likelihood(CMatRef<T> x, Index K, uint64_t seed) {
+Vec<double> VAE<T>::log_likelihood(CMatRef<T> x, Index K, uint64_t seed, Index row0) {
   check_cols("x", x.rows(), x.cols(), cfg_.x_dim);
   if (K <= 0) fail("k must be a positive integer, got " + std::to_string(K));
   std::lock_guard<std::mutex> lock(mutex_);
@@ -263,7 +263,7 @@ Vec<double> VAE<T>::log_likelihood(CMatRef<T> x, Index K, uint64_t seed) {
       sc.z.resize(R, Z);
       for (Index r = 0; r < R; ++r) {
         const Index kk = r / bc, bb = r % bc;
-        const uint64_t first = (uint64_t(b0 + bb) * uint64_t(K) + uint64_t(k0 + kk)) * uint64_t(Z);
+        const uint64_t first = (uint64_t(row0 + b0 + bb) * uint64_t(K) + uint64_t(k0 + kk)) * uint64_t(Z);
         fill_normal_serial(sc.eps.row(r).data(), Z, seed, streams::kLogLikelihood, first);
         sc.z.row(r) = sc.mu.row(bb) + sc.sigma.row(bb).cwiseProduct(sc.eps.row(r));
       }
@@ -290,13 +290,14 @@ Vec<double> VAE<T>::log_likelihood(CMatRef<T> x, Index K, uint64_t seed) {
 }
 
 template <class T>
-StepResult VAE<T>::train_step(const T* x, Index B, const FitOptions& o, uint64_t step, double beta, T* grad) {
+StepResult VAE<T>::train_step(const T* x, Index B, const Shard& sh, const FitOptions& o, uint64_t step, double beta,
+                              T* grad) {
   const Index S = o.n_samples, Z = cfg_.z_dim;
-  Mat<T> eps(S * B, Z);  // noise of this step: (seed, kTrainNoise + step), layout (S, B, Z)
-  fill_normal(eps.data(), S * B * Z, o.seed, streams::kTrainNoise + step);
+  Mat<T> eps(S * B, Z);  // noise of this step: (seed, kTrainNoise + step), layout (S, B_global, Z), our rows
+  fill_normal_rows(eps.data(), S, B, Z, sh.offset, sh.global(B), o.seed, streams::kTrainNoise + step);
   ElboTerms t;
   const double J = objective_grad(CMatMap<T>(x, B, cfg_.x_dim), eps, S, kl_from_string(o.kl), beta, o.free_bits,
-                                  -1.0, grad, &t);
+                                  -sh.weight(B), grad, &t);
   StepResult r;
   r.loss = -J;
   r.reconstruction = t.reconstruction.mean();

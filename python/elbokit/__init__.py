@@ -32,7 +32,7 @@ from ._fit import DivergenceWarning, NonFiniteWarning
 from .vae import VAE, NonFiniteResultError
 from .hvae import HVAE, HElboResult
 from .diffusion import Diffusion, DiffusionElbo
-from . import estimators, exact, flows, kl
+from . import distributed, estimators, exact, flows, kl
 from .autoencoder import Autoencoder
 from .flows import Flow
 from .surgery import SurgeryResult, surgery
@@ -54,5 +54,5 @@ def get_num_threads() -> int:
 __all__ = ["VAE", "HVAE", "HElboResult", "Diffusion", "DiffusionElbo", "ElboResult", "History", "load", "datasets",
            "random", "mean_stderr", "set_num_threads", "get_num_threads", "__version__",
            "exact", "kl", "estimators", "surgery", "SurgeryResult", "flows", "Flow", "Autoencoder",
-           "derivations", "trace",
+           "derivations", "trace", "distributed",
            "DivergenceWarning", "NonFiniteWarning", "NonFiniteResultError"]

@@ -2,11 +2,12 @@
 into a History (shared by every model)."""
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
 
-from ._validation import check_choice, check_float, check_int
+from ._validation import check_bool, check_choice, check_float, check_int
 from .results import History
 
 __all__ = ["fit_options", "optimizer_options", "run_fit", "DivergenceWarning", "NonFiniteWarning"]
@@ -50,30 +51,83 @@ def fit_options(epochs, batch_size, lr, optimizer, beta, warmup_steps, free_bits
     )
 
 
-def run_fit(core, x, validation, options: dict, progress: bool, desc: str) -> History:
+def run_fit(core, x, validation, options: dict, progress: bool, desc: str, distributed: bool = False,
+            checkpoint=None, save=None) -> History:
     """Runs core.fit with the GIL released; a tqdm bar follows it. A non-finite loss or gradient
     stops training with a DivergenceWarning naming the step: the parameters are those before the
     failing step (the last finite ones), and the History says where it stopped
     (``diverged`` True, ``diverged_at_step``, ``stopped_early``; ``step_loss`` holds the finite
-    steps). A NaN validation ELBO (validation data that overflows the model) warns too."""
+    steps). A NaN validation ELBO (validation data that overflows the model) warns too.
+
+    checkpoint: a path that ``save(path)`` writes (atomically) at each epoch's end. distributed:
+    data-parallel over the MPI processes (elbokit.distributed); process 0 alone shows the bar and
+    writes the checkpoint, and a failure on one process ends the job on all of them."""
+    distributed = check_bool("distributed", distributed)
+    group = None
+    if distributed:
+        from .distributed import Group
+
+        group = Group(f"{desc}.fit")
+    root = group is None or group.rank == 0
+    problem = None  # found on one process only (the checkpoint's folder): raised on all of them below
+    if checkpoint is not None:
+        checkpoint = os.fspath(checkpoint)
+        folder = os.path.dirname(os.path.abspath(checkpoint))
+        if root and not os.path.isdir(folder):
+            problem = f"checkpoint must be a path in an existing folder, got {checkpoint!r} ({folder} does not exist)"
+            if group is None:
+                raise ValueError(problem)
+    if group is not None:
+        n = x.shape[0]
+        if min(options["batch_size"], n) < group.size:
+            raise ValueError(f"batch_size must be at least the number of processes ({group.size}) in distributed "
+                             f"training, got {min(options['batch_size'], n)} (batch_size {options['batch_size']}, "
+                             f"{n} rows)")
+        if options.get("free_bits", 0.0) > 0:
+            raise ValueError("free_bits must be 0 in distributed training (the floor acts on the whole minibatch's "
+                             f"mean KL, which no process has before the allreduce), got {options['free_bits']}")
+        # every process must train the same run: same options, data and initial parameters
+        get_flat = getattr(core, "get_flat", None)
+        params = None if get_flat is None else np.asarray(get_flat(), dtype=np.float64)
+        mine = (tuple(sorted((k, repr(v)) for k, v in options.items())), x.shape, str(x.dtype),
+                repr(float(np.sum(x, dtype=np.float64))),
+                None if validation is None else (validation.shape, repr(float(np.sum(validation, dtype=np.float64)))),
+                None if params is None else (params.shape, repr(float(params.sum())), repr(float(params @ params))))
+        what = ("options", "x's shape", "x's dtype", "x's sum", "validation", "the initial parameters")
+        with group:
+            theirs, problems = zip(*group.comm.allgather((mine, problem)))
+        for p in problems:
+            if p is not None:
+                raise ValueError(p)
+        for i, name in enumerate(what):
+            if any(t[i] != mine[i] for t in theirs):
+                raise ValueError(f"{name} must be the same on every process in distributed training (same data, "
+                                 f"options and model seed), got {[t[i] for t in theirs]}")
     bar = None
     callback = None
-    if progress:
+    if progress and root:
         from tqdm.auto import tqdm
 
         steps = options["epochs"] * -(-x.shape[0] // min(options["batch_size"], x.shape[0]))
         bar = tqdm(total=steps, desc=desc, unit="step", leave=True)
-
+    if bar is not None or (checkpoint is not None and root):
         def callback(epoch, epochs, step, total, loss, val_elbo, epoch_end):
-            bar.update(step - bar.n)
-            post = {"epoch": f"{epoch + 1}/{epochs}", "loss": f"{loss:.3f}"}
-            if epoch_end and np.isfinite(val_elbo):
-                post["val_elbo"] = f"{val_elbo:.3f}"
-            bar.set_postfix(post, refresh=False)
+            if bar is not None:
+                bar.update(step - bar.n)
+                post = {"epoch": f"{epoch + 1}/{epochs}", "loss": f"{loss:.3f}"}
+                if epoch_end and np.isfinite(val_elbo):
+                    post["val_elbo"] = f"{val_elbo:.3f}"
+                bar.set_postfix(post, refresh=False)
+            if epoch_end and checkpoint is not None:
+                save(checkpoint)
             return True
 
     try:
-        raw, error, step = core.fit(x, validation, options, callback)
+        if group is None:
+            raw, error, step = core.fit(x, validation, options, callback)
+        else:
+            with group:
+                raw, error, step = core.fit(x, validation, options, callback, group.collective())
     finally:
         if bar is not None:
             bar.close()

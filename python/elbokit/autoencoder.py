@@ -121,15 +121,24 @@ class Autoencoder(_ParamModel):
 
     def fit(self, x, epochs: int = 50, batch_size: int = 128, lr: float = 1e-3, optimizer: str = "adam",
             validation=None, seed: int = 0, progress: bool = True, momentum: float = 0.9,
-            weight_decay: float = 0.0, clip_norm: float | None = None):
+            weight_decay: float = 0.0, clip_norm: float | None = None, distributed: bool = False, checkpoint=None):
         """Minimizes the loss with the shared C++ loop. Step t's denoising noise is
         ``noise_std * ek.random.normal((batch, x_dim), seed, STREAMS['train_noise'] + t)``. History:
         ``train_loss``; ``train_reconstruction`` the squared error, ``train_kl`` the penalty term
-        λ‖J‖² (an autoencoder has no ELBO: ``train_elbo`` = −loss)."""
+        λ‖J‖² (an autoencoder has no ELBO: ``train_elbo`` = −loss).
+
+        ``checkpoint``: a path the model is saved to (atomically, ``save``) at each epoch's end.
+        ``distributed=True``: data-parallel over the MPI processes of ``mpirun -n R`` (see
+        elbokit.distributed): each process computes its share of every minibatch and the gradients
+        are summed before each step; every process ends with the same weights, equal to one
+        process's run up to floating-point summation order. Process 0 alone shows the bar and writes
+        the checkpoint.
+        """
         x = self._x(x)
         xv = None if validation is None else self._x(validation, "validation")
         opts = optimizer_options(epochs, batch_size, lr, optimizer, seed, momentum, weight_decay, clip_norm)
-        return run_fit(self._core, x, xv, opts, progress, desc="Autoencoder")
+        return run_fit(self._core, x, xv, opts, progress, desc="Autoencoder", distributed=distributed,
+                       checkpoint=checkpoint, save=self.save)
 
 
 def interpolate(model, x0, x1, n_steps: int = 8):

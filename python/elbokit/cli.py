@@ -3,7 +3,8 @@
     elbokit train vae --data digits --epochs 30 --out runs/vae   # train, evaluate, save
     elbokit train hvae --z-dims 8 4 --structure topdown          # a hierarchical VAE, every level's term
     elbokit demo                                                 # the README's main job
-    elbokit info                                                 # version, threads, dtypes
+    elbokit info                                                 # version, threads, dtypes, MPI
+    mpirun -n 4 elbokit train vae --distributed --out runs/vae   # data-parallel over 4 processes
 
 ``train MODEL`` fits a model on the training split with the test split as validation, then reports
 on the held-out split: the ELBO and its terms (mean ± standard error, also in bits per dimension
@@ -206,6 +207,12 @@ def _add_training_options(p: argparse.ArgumentParser, data_choices, default_out:
     g.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="precision (default float32)")
     g.add_argument("--threads", type=_positive_int, default=None, help="engine threads (default: the engine's)")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    g.add_argument("--checkpoint", action="store_true",
+                   help="save the model to OUT/checkpoint.elbokit at each epoch's end (atomically)")
+    g.add_argument("--distributed", action="store_true",
+                   help="data-parallel over the processes of `mpirun -n R elbokit train ...` (needs mpi4py and an "
+                        "MPI library): every process trains on its share of each minibatch, the held-out "
+                        "evaluation is sharded, process 0 prints and writes the files")
     g = p.add_argument_group("evaluation")
     g.add_argument("--k", type=_positive_int, default=5000,
                    help="importance samples of the held-out log-likelihood bound L_K (default 5000); the cost "
@@ -298,12 +305,25 @@ def _info(args) -> int:
         ("nets", _core.NET_KINDS.replace("'", "")),
         ("data sets", ", ".join(datasets.DATASETS)),
         ("fashion_mnist", f"{fm} ({'found' if os.path.isdir(fm) else 'not found'})"),
+        ("mpi", _mpi_info()),
         ("python", f"{platform.python_version()} ({sys.executable})"),
         ("numpy", np.__version__),
     ]
     for k, v in rows:
         print(f"{k:>14s}  {v}")
     return 0
+
+
+def _mpi_info() -> str:
+    """Whether --distributed can run here, and on which MPI."""
+    from . import distributed
+
+    if not distributed.available():
+        return ("not available (--distributed needs mpi4py and an MPI library: pip install 'elbokit[mpi]', "
+                "apt-get install openmpi-bin libopenmpi-dev)")
+    import mpi4py
+
+    return f"available: mpi4py {mpi4py.__version__}, {distributed.library()}; {distributed.size()} process(es) here"
 
 
 def _surgery(args) -> int:
@@ -344,8 +364,51 @@ def _trace(args) -> int:
     return 0 if r.relations_hold else 1
 
 
+class _Quiet:
+    """Process r > 0 of a distributed run prints nothing (process 0 speaks for the job)."""
+
+    def __init__(self, on: bool):
+        self.on = on
+
+    def __enter__(self):
+        if self.on:
+            self._out, sys.stdout = sys.stdout, open(os.devnull, "w")
+        return self
+
+    def __exit__(self, *exc):
+        if self.on:
+            sys.stdout.close()
+            sys.stdout = self._out
+
+
+def _root(args) -> bool:
+    """False on the processes r > 0 of a --distributed run."""
+    if not args.distributed:
+        return True
+    from . import distributed
+
+    if not distributed.available():
+        raise UsageError("--distributed needs mpi4py and an MPI library: pip install 'elbokit[mpi]' and an MPI "
+                         "implementation (Debian: apt-get install openmpi-bin libopenmpi-dev)")
+    return distributed.rank() == 0
+
+
 def _train(args) -> int:
     """Trains MODELS[args.model] on args.data, evaluates on the held-out split, saves and reports."""
+    root = _root(args)
+    with _Quiet(not root):
+        return _train_run(args, root)
+
+
+def _fit_files(args):
+    """The checkpoint's path for --checkpoint (its folder created, on every process), else None."""
+    if not args.checkpoint:
+        return None
+    os.makedirs(args.out, exist_ok=True)
+    return os.path.join(args.out, "checkpoint.elbokit")
+
+
+def _train_run(args, root: bool) -> int:
     t_start = time.perf_counter()
     if args.threads is not None:
         set_num_threads(args.threads)
@@ -364,10 +427,12 @@ def _train(args) -> int:
 
     # 1. Train, with the held-out split as validation.
     t0 = time.perf_counter()
+    checkpoint = _fit_files(args)
     try:
         hist = net.fit(train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, beta=args.beta,
                        warmup_steps=args.warmup_steps, free_bits=args.free_bits, n_samples=args.n_samples,
-                       kl=args.kl, validation=test, seed=args.seed, progress=args.progress)
+                       kl=args.kl, validation=test, seed=args.seed, progress=args.progress,
+                       distributed=args.distributed, checkpoint=checkpoint)
     except FloatingPointError as e:
         print(f"{PROG}: error: training diverged: {e}; try a smaller --lr", file=sys.stderr)
         return 1
@@ -378,9 +443,11 @@ def _train(args) -> int:
 
     # 2. Evaluate on the held-out split (MATH.md §2-3).
     t0 = time.perf_counter()
-    res = net.elbo(test, n_samples=EVAL_SAMPLES, seed=args.seed)
-    ll = net.log_likelihood(test, k=args.k, seed=args.seed)
+    res = net.elbo(test, n_samples=EVAL_SAMPLES, seed=args.seed, distributed=args.distributed)
+    ll = net.log_likelihood(test, k=args.k, seed=args.seed, distributed=args.distributed)
     t_eval = time.perf_counter() - t0
+    if not root:  # process 0 writes the files
+        return 0
     metrics = _metrics(args, net, hist, res, ll, train, test, image_shape)
 
     # 3. Save the model, the figure and the numbers.
@@ -402,6 +469,12 @@ def _train(args) -> int:
 def _train_diffusion(args) -> int:
     """`train diffusion`: fit, the held-out denoising ELBO over all T steps (and bits/dim), samples
     and trajectories in report.png, model.elbokit, metrics.json."""
+    root = _root(args)
+    with _Quiet(not root):
+        return _train_diffusion_run(args, root)
+
+
+def _train_diffusion_run(args, root: bool) -> int:
     t_start = time.perf_counter()
     if args.threads is not None:
         set_num_threads(args.threads)
@@ -420,10 +493,11 @@ def _train_diffusion(args) -> int:
     print(net)
     sys.stdout.flush()
     t0 = time.perf_counter()
+    checkpoint = _fit_files(args)
     try:
         hist = net.fit(train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss,
                        ema=args.ema if args.ema > 0 else None, validation=test, seed=args.seed,
-                       progress=args.progress)
+                       progress=args.progress, distributed=args.distributed, checkpoint=checkpoint)
     except FloatingPointError as e:
         print(f"{PROG}: error: training diverged: {e}; try a smaller --lr", file=sys.stderr)
         return 1
@@ -433,8 +507,10 @@ def _train_diffusion(args) -> int:
     t_train = time.perf_counter() - t0
     t0 = time.perf_counter()
     held = test[:1000] if image_shape is None else test[:200]  # T network evaluations per example
-    res = net.elbo(held, form="denoising", seed=args.seed)
+    res = net.elbo(held, form="denoising", seed=args.seed, distributed=args.distributed)
     t_eval = time.perf_counter() - t0
+    if not root:  # process 0 samples and writes the files
+        return 0
     method = "ddpm" if args.sample_steps is None else "ddim"
     n = 2000 if image_shape is None else 20
     samples, traj, steps = net.sample(n, method=method, steps=args.sample_steps, seed=args.seed,

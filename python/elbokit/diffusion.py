@@ -24,7 +24,7 @@ import numpy as np
 from . import _core
 from . import io as _io
 from ._fit import optimizer_options, run_fit
-from ._validation import DTYPES, as_array, as_matrix, check_choice, check_float, check_image_shape, check_int
+from ._validation import DTYPES, as_array, as_matrix, check_bool, check_choice, check_float, check_image_shape, check_int
 from ._validation import MAX_ELEMENTS, check_count, check_num_params, check_widths, mlp_params  # noqa: F401
 from .results import mean_stderr
 from .vae import ACTIVATIONS, _check_nan, _ParamModel
@@ -302,15 +302,23 @@ class Diffusion(_ParamModel):
         return J, self._grad_dict(g)
 
     # -- the bound ------------------------------------------------------------------------------
-    def elbo(self, x, form: str = "denoising", seed: int = 0) -> DiffusionElbo:
+    def elbo(self, x, form: str = "denoising", seed: int = 0, distributed: bool = False) -> DiffusionElbo:
         """Per-example ELBO terms (nats) computed over all T steps (T network evaluations per
         example). form "denoising" (B): analytic prior and step KLs, one eps per (example, step);
         "consistency" (A): one Monte-Carlo forward chain per example. Both are unbiased for the
-        same ELBO; B has far lower variance. Repeat rows of x to average more draws."""
+        same ELBO; B has far lower variance. Repeat rows of x to average more draws.
+        distributed=True: the rows are sharded over the MPI processes (each keeps its noise) and
+        gathered on every process."""
         x = self._x(x)
         check_choice("form", form, FORMS)
         seed = check_int("seed", seed, 0)
-        rec, prior, steps = self._core.elbo(x, form, seed)
+        if check_bool("distributed", distributed):
+            from .distributed import sharded
+
+            rec, prior, steps = sharded("Diffusion.elbo", x.shape[0], lambda lo, hi: tuple(
+                np.asarray(a) for a in self._core.elbo(x[lo:hi], form, seed, lo)))
+        else:
+            rec, prior, steps = self._core.elbo(x, form, seed)
         _check_nan("elbo", rec, prior, steps)
         return DiffusionElbo(rec, prior, steps, form, self.x_dim)
 
@@ -337,7 +345,7 @@ class Diffusion(_ParamModel):
     def fit(self, x, epochs: int = 20, batch_size: int = 128, lr: float = 1e-3, loss: str | None = None,
             ema: float | None = None, validation=None, seed: int = 0, progress: bool = True,
             optimizer: str = "adam", momentum: float = 0.9, weight_decay: float = 0.0,
-            clip_norm: float | None = None):
+            clip_norm: float | None = None, distributed: bool = False, checkpoint=None):
         """Trains the network by minibatch descent on the loss ("simple", "elbo" or "hybrid",
         see ``loss``; default "simple", or "hybrid" for variance="learned", where "simple" raises
         ValueError: it would leave v untrained) with one step t ~ U{1..T} and one eps per example
@@ -346,6 +354,13 @@ class Diffusion(_ParamModel):
         (ema <- d_k ema + (1 - d_k) theta, d_k = min(d, (1+k)/(10+k))) and the model ends with the
         EMA weights; ``hist['raw_parameters']`` holds the last iterate. History: ``train_loss``;
         ``train_elbo`` / ``val_elbo`` are unbiased one-step estimates of the ELBO (nats).
+
+        ``checkpoint``: a path the model is saved to (atomically, ``save``) at each epoch's end.
+        ``distributed=True``: data-parallel over the MPI processes of ``mpirun -n R`` (see
+        elbokit.distributed): each process computes its share of every minibatch and the gradients
+        are summed before each step; every process ends with the same weights, equal to one
+        process's run up to floating-point summation order. Process 0 alone shows the bar and writes
+        the checkpoint.
         """
         x = self._x(x)
         xv = None if validation is None else self._x(validation, "validation")
@@ -362,11 +377,14 @@ class Diffusion(_ParamModel):
         core = self._core
 
         class _Bound:  # run_fit calls core.fit(x, validation, options, callback)
-            @staticmethod
-            def fit(x_, v_, o_, cb_):
-                return core.fit(x_, v_, o_, cb_, loss, d)
+            get_flat = staticmethod(core.get_flat)
 
-        hist = run_fit(_Bound, x, xv, opts, progress, desc="Diffusion")
+            @staticmethod
+            def fit(x_, v_, o_, cb_, comm_=None):
+                return core.fit(x_, v_, o_, cb_, loss, d, comm_)
+
+        hist = run_fit(_Bound, x, xv, opts, progress, desc="Diffusion", distributed=distributed, checkpoint=checkpoint,
+                       save=self.save)
         for k in ("kl_terms", "active_units"):
             hist.pop(k, None)
         if d > 0:

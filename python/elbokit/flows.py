@@ -174,11 +174,20 @@ class Flow(_ParamModel):
     # -- training -------------------------------------------------------------------------------
     def fit(self, x, epochs: int = 100, batch_size: int = 256, lr: float = 1e-3, optimizer: str = "adam",
             validation=None, seed: int = 0, progress: bool = True, momentum: float = 0.9,
-            weight_decay: float = 0.0, clip_norm: float | None = None):
+            weight_decay: float = 0.0, clip_norm: float | None = None, distributed: bool = False, checkpoint=None):
         """Maximum likelihood by minibatch gradient ascent on mean log p(x) (the shared C++ loop).
         History: ``train_elbo`` = mean log p(x) (exact), ``train_reconstruction`` the mean log|det|,
-        ``train_kl`` the mean −log p(f(x))."""
+        ``train_kl`` the mean −log p(f(x)).
+
+        ``checkpoint``: a path the model is saved to (atomically, ``save``) at each epoch's end.
+        ``distributed=True``: data-parallel over the MPI processes of ``mpirun -n R`` (see
+        elbokit.distributed): each process computes its share of every minibatch and the gradients
+        are summed before each step; every process ends with the same weights, equal to one
+        process's run up to floating-point summation order. Process 0 alone shows the bar and writes
+        the checkpoint.
+        """
         x = self._x(x)
         xv = None if validation is None else self._x(validation, "validation")
         opts = optimizer_options(epochs, batch_size, lr, optimizer, seed, momentum, weight_decay, clip_norm)
-        return run_fit(self._core, x, xv, opts, progress, desc="Flow")
+        return run_fit(self._core, x, xv, opts, progress, desc="Flow", distributed=distributed,
+                       checkpoint=checkpoint, save=self.save)

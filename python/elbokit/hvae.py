@@ -54,7 +54,8 @@ from ._fit import fit_options, run_fit
 from ._validation import DTYPES, as_array, as_matrix, check_bool, check_choice, check_float, check_int, check_widths
 from ._validation import MAX_ELEMENTS, check_count, check_num_params, mlp_params  # noqa: F401
 from .results import History, mean_stderr
-from .vae import KL_METHODS, NETS, VAE, _check_model_options, _check_nan, _conv_spec, _ParamModel
+from .distributed import sharded
+from .vae import KL_METHODS, NETS, VAE, _check_model_options, _check_nan, _conv_spec, _log_likelihood, _ParamModel
 
 __all__ = ["HVAE", "HElboResult", "STRUCTURES"]
 
@@ -223,15 +224,26 @@ class HVAE(_ParamModel):
         return [np.ascontiguousarray(e, dtype=self._np_dtype) for e in out], S
 
     # -- the bound ------------------------------------------------------------------------------
-    def elbo(self, x, n_samples: int | None = None, kl: str = "analytic", seed: int = 0, eps=None) -> HElboResult:
+    def elbo(self, x, n_samples: int | None = None, kl: str = "analytic", seed: int = 0, eps=None,
+             distributed: bool = False) -> HElboResult:
         """Per-example reconstruction, level terms kl_levels (n, L) and ELBO (nats), with n_samples
         ancestral samples of the chain per example; noise from ``seed`` or eps (a list of
         (n_samples, n, z_l) arrays). kl="analytic": analytic KLs where the structure allows (the top
-        level; every level of "topdown"), "mc": log q - log p at the samples everywhere."""
+        level; every level of "topdown"), "mc": log q - log p at the samples everywhere.
+        distributed=True: sharded over the MPI processes as ``VAE.elbo``."""
         x = self._x(x)
         check_choice("kl", kl, KL_METHODS)
         e, S = self._eps(x.shape[0], n_samples, eps, seed)
-        rec, klv = self._core.elbo(x, e, S, kl)
+        if check_bool("distributed", distributed):
+            n = x.shape[0]
+
+            def part(lo, hi):
+                es = [np.ascontiguousarray(a.reshape(S, n, -1)[:, lo:hi].reshape(S * (hi - lo), -1)) for a in e]
+                return tuple(np.asarray(a) for a in self._core.elbo(x[lo:hi], es, S, kl))
+
+            rec, klv = sharded("HVAE.elbo", n, part)
+        else:
+            rec, klv = self._core.elbo(x, e, S, kl)
         _check_nan("elbo", rec, klv)
         return HElboResult(rec, klv, n_samples=S, kl_method=kl, structure=self.structure, x_dim=self.x_dim)
 
@@ -258,16 +270,17 @@ class HVAE(_ParamModel):
         J, *_, g = self._core.objective_grad(x, e, S, kl, beta, free_bits, 1.0)
         return J, self._grad_dict(g)
 
-    def log_likelihood(self, x, k: int = 5000, seed: int = 0) -> np.ndarray:
+    def log_likelihood(self, x, k: int = 5000, seed: int = 0, distributed: bool = False) -> np.ndarray:
         """Per-example L_K (MATH.md §3) with K importance samples of the whole chain z_1..z_L ~ q,
         log w = log p(x, z_1..z_L) - log q(z_1..z_L|x), by log-sum-exp in float64, chunked so that any
         K fits in memory. Sample k of example b, level l, coordinate j uses
         ``ek.random.normal((n, K, sum(z_dims)), seed, STREAMS['log_likelihood'])[b, k, off_l + j]``,
-        off_l = z_1 + ... + z_{l-1}. L_1 <= L_K <= log p(x)."""
+        off_l = z_1 + ... + z_{l-1}. L_1 <= L_K <= log p(x). distributed=True: sharded over the MPI
+        processes as ``VAE.log_likelihood``."""
         x = self._x(x)
         k = check_int("k", k, 1)
         seed = check_int("seed", seed, 0)
-        out = self._core.log_likelihood(x, k, seed)
+        out = _log_likelihood(self, x, k, seed, distributed)
         _check_nan("log_likelihood", out)
         return out
 
@@ -354,7 +367,7 @@ class HVAE(_ParamModel):
             beta: float = 1.0, warmup_steps: int = 0, free_bits: float = 0.0, n_samples: int = 1,
             kl: str = "analytic", validation=None, seed: int = 0, progress: bool = True,
             momentum: float = 0.9, weight_decay: float = 0.0, clip_norm: float | None = None,
-            active_units: bool = True) -> History:
+            active_units: bool = True, distributed: bool = False, checkpoint=None) -> History:
         """Trains by minibatch gradient ascent through the shared C++ loop (GIL released), as
         ``VAE.fit``. KL warm-up scales every level's term by beta_t = beta * min(1, t / warmup_steps);
         free bits act per level: each level's batch-mean term is replaced by max(free_bits, KL_l).
@@ -362,10 +375,19 @@ class HVAE(_ParamModel):
         The history's ``kl_terms`` (epochs, L) holds the per-level terms and ``active_units``
         (epochs, L) the active units per level (empty with ``active_units=False``). Step t's noise is
         ``ek.random.normal(n_samples * batch * sum(z_dims), seed, STREAMS['train_noise'] + t)`` in
-        level blocks (n_samples, batch, z_l)."""
+        level blocks (n_samples, batch, z_l).
+
+        ``checkpoint``: a path the model is saved to (atomically, ``save``) at each epoch's end.
+        ``distributed=True``: data-parallel over the MPI processes of ``mpirun -n R`` (see
+        elbokit.distributed): each process computes its share of every minibatch and the gradients
+        are summed before each step; every process ends with the same weights, equal to one
+        process's run up to floating-point summation order. Process 0 alone shows the bar and writes
+        the checkpoint.
+        """
         x = self._x(x)
         xv = None if validation is None else self._x(validation, "validation")
         opts = fit_options(epochs, batch_size, lr, optimizer, beta, warmup_steps, free_bits, n_samples, kl, seed,
                            momentum, weight_decay, clip_norm)
         opts["active_units"] = check_bool("active_units", active_units)
-        return run_fit(self._core, x, xv, opts, progress, desc="HVAE")
+        return run_fit(self._core, x, xv, opts, progress, desc="HVAE", distributed=distributed,
+                       checkpoint=checkpoint, save=self.save)

@@ -14,6 +14,7 @@ from . import _core
 from . import io as _io
 from . import random as _random
 from ._fit import fit_options, run_fit
+from .distributed import sharded
 from ._validation import (DTYPES, as_array, as_matrix, check_bool, check_choice, check_count, check_float, check_int,
                           check_num_params, check_widths, mlp_params)
 from .results import ElboResult, History
@@ -80,6 +81,14 @@ def _check_nan(what: str, *arrays, args: str = "x") -> None:
             raise NonFiniteResultError(f"{what} produced NaN: the computation overflows for these values of {args} "
                                        f"or these parameters (check the scale of {args}, encoder.logvar and the "
                                        f"decoder's outputs)")
+
+
+def _log_likelihood(model, x, k, seed, distributed):
+    """core.log_likelihood over x, or sharded over the MPI processes (row0: each row's own samples)."""
+    if not check_bool("distributed", distributed):
+        return model._core.log_likelihood(x, k, seed)
+    return sharded(f"{type(model).__name__}.log_likelihood", x.shape[0],
+                   lambda lo, hi: np.asarray(model._core.log_likelihood(x[lo:hi], k, seed, lo)))
 
 
 class _ParamModel:
@@ -224,15 +233,27 @@ class VAE(_ParamModel):
         return np.ascontiguousarray(e.reshape(S * n, self.z_dim), dtype=self._np_dtype), S
 
     # -- the bound ------------------------------------------------------------------------------
-    def elbo(self, x, n_samples: int | None = None, kl: str = "analytic", seed: int = 0, eps=None) -> ElboResult:
+    def elbo(self, x, n_samples: int | None = None, kl: str = "analytic", seed: int = 0, eps=None,
+             distributed: bool = False) -> ElboResult:
         """Per-example ELBO, reconstruction and KL (nats) with n_samples reparameterized samples
         per example, the noise drawn from ``seed`` or given as eps (n_samples, n, z_dim). The KL is
         analytic or Monte Carlo at the same samples; both are unbiased, the analytic one has lower
-        variance."""
+        variance. distributed=True: each MPI process computes its shard of the rows (with the noise
+        those rows have in the whole draw) and every process receives the whole result."""
         x = self._x(x)
         check_choice("kl", kl, KL_METHODS)
         e, S = self._eps(x.shape[0], n_samples, eps, seed)
-        rec, klv, kpd = self._core.elbo(x, e, S, kl)
+        if check_bool("distributed", distributed):
+            n, Z = x.shape[0], self.z_dim
+            e3 = e.reshape(S, n, Z)
+
+            def part(lo, hi):
+                es = np.ascontiguousarray(e3[:, lo:hi].reshape(S * (hi - lo), Z))
+                return tuple(np.asarray(a) for a in self._core.elbo(x[lo:hi], es, S, kl))
+
+            rec, klv, kpd = sharded("VAE.elbo", n, part)
+        else:
+            rec, klv, kpd = self._core.elbo(x, e, S, kl)
         _check_nan("elbo", rec, klv)
         return ElboResult(rec, klv, kpd, n_samples=S, kl_method=kl, x_dim=self.x_dim)
 
@@ -258,14 +279,15 @@ class VAE(_ParamModel):
         _check_nan("objective_grad", np.asarray(J), g)
         return J, self._grad_dict(g)
 
-    def log_likelihood(self, x, k: int = 5000, seed: int = 0) -> np.ndarray:
+    def log_likelihood(self, x, k: int = 5000, seed: int = 0, distributed: bool = False) -> np.ndarray:
         """Per-example importance-weighted bound L_K = log (1/K) sum_k p(x, z_k)/q(z_k|x) (MATH.md §3),
         z_k ~ q(z|x), by log-sum-exp in float64, chunked so that any K fits in memory.
-        L_1 = ELBO <= L_K <= log p(x); L_K -> log p(x) as K grows."""
+        L_1 = ELBO <= L_K <= log p(x); L_K -> log p(x) as K grows. distributed=True: the rows are
+        sharded over the MPI processes (each row keeps its samples) and gathered on every process."""
         x = self._x(x)
         k = check_int("k", k, 1)
         seed = check_int("seed", seed, 0)
-        out = self._core.log_likelihood(x, k, seed)
+        out = _log_likelihood(self, x, k, seed, distributed)
         _check_nan("log_likelihood", out)
         return out
 
@@ -317,7 +339,7 @@ class VAE(_ParamModel):
             beta: float = 1.0, warmup_steps: int = 0, free_bits: float = 0.0, n_samples: int = 1,
             kl: str = "analytic", validation=None, seed: int = 0, progress: bool = True,
             momentum: float = 0.9, weight_decay: float = 0.0, clip_norm: float | None = None,
-            active_units: bool = True) -> History:
+            active_units: bool = True, distributed: bool = False, checkpoint=None) -> History:
         """Trains by minibatch gradient ascent on the objective (the ELBO when beta = 1, no
         warm-up and no free bits; otherwise not a bound, and ``train_elbo`` reports the true ELBO
         beside it). The C++ loop runs with the GIL released.
@@ -332,10 +354,18 @@ class VAE(_ParamModel):
         ``active_units``: count the active units at each epoch's end (an encoder pass over the
         validation data, else over the first 2048 training rows); False skips that pass, and the
         history's ``active_units`` is then empty.
+
+        ``checkpoint``: a path the model is saved to (atomically, ``save``) at each epoch's end.
+        ``distributed=True``: data-parallel over the MPI processes of ``mpirun -n R`` (see
+        elbokit.distributed): each process computes its share of every minibatch and the gradients
+        are summed before each step; every process ends with the same weights, equal to one
+        process's run up to floating-point summation order. Process 0 alone shows the bar and writes
+        the checkpoint.
         """
         x = self._x(x)
         xv = None if validation is None else self._x(validation, "validation")
         opts = fit_options(epochs, batch_size, lr, optimizer, beta, warmup_steps, free_bits, n_samples, kl, seed,
                            momentum, weight_decay, clip_norm)
         opts["active_units"] = check_bool("active_units", active_units)
-        return run_fit(self._core, x, xv, opts, progress, desc="VAE")
+        return run_fit(self._core, x, xv, opts, progress, desc="VAE", distributed=distributed,
+                       checkpoint=checkpoint, save=self.save)

@@ -132,10 +132,11 @@ class Diffusion {
 
   // elbo_denoising: form B with every step t = 2 … T computed (T network evaluations per example),
   // ε of (example b, step t) = normal_at(seed, streams::kDiffusionElbo, (b·T + t − 1)·D + j).
-  DiffusionElboTerms elbo_denoising(CMatRef<T> x0, uint64_t seed);
+  // row0 (both forms): the index of x0's first row in a larger set whose noise the call reproduces.
+  DiffusionElboTerms elbo_denoising(CMatRef<T> x0, uint64_t seed, Index row0 = 0);
   // elbo_consistency: form A, one forward chain x_1 … x_T per example (Monte Carlo),
   // z_t of (b, t) = normal_at(seed, streams::kDiffusionChain, (b·T + t − 1)·D + j).
-  DiffusionElboTerms elbo_consistency(CMatRef<T> x0, uint64_t seed);
+  DiffusionElboTerms elbo_consistency(CMatRef<T> x0, uint64_t seed, Index row0 = 0);
 
   // sample: n points (n, D). method "ddpm" (ancestral, every step: x_{t−1} = μ_θ + σ_θ ⊙ z, per
   // dimension for "learned") or "ddim" (uses ε̂ only: a learned variance is ignored; S = steps of the
@@ -153,7 +154,8 @@ class Diffusion {
 
   // The training-loop interface (train.hpp). The loss kind is set by set_train_loss.
   void set_train_loss(LossKind k) { train_loss_ = k; }
-  StepResult train_step(const T* x, Index B, const FitOptions& o, uint64_t step, double beta, T* grad);
+  StepResult train_step(const T* x, Index B, const Shard& sh, const FitOptions& o, uint64_t step, double beta,
+                        T* grad);
   EvalResult evaluate(const T* x, Index N, const FitOptions& o);
   std::vector<Index> active_units(const T*, Index) { return {}; }
   void after_step(uint64_t step);

@@ -166,10 +166,12 @@ class HVAE {
   // log_likelihood: L_K (MATH.md §3) with importance samples of the whole chain z_{1:L} ~ q,
   // log w = log p(x, z_{1:L}) − log q(z_{1:L}|x); noise (seed, streams::kLogLikelihood) at index
   // (b·K + k)·Σ Z_l + (Z_1 + … + Z_{l−1}) + j for level l (with L = 1: the VAE's indices).
-  Vec<double> log_likelihood(CMatRef<T> x, Index K, uint64_t seed);
+  // row0: the index of x's first row in a larger set whose noise this call reproduces (a shard of it).
+  Vec<double> log_likelihood(CMatRef<T> x, Index K, uint64_t seed, Index row0 = 0);
 
   // The training-loop interface (train.hpp); kl_terms and active units are per level.
-  StepResult train_step(const T* x, Index B, const FitOptions& o, uint64_t step, double beta, T* grad);
+  StepResult train_step(const T* x, Index B, const Shard& sh, const FitOptions& o, uint64_t step, double beta,
+                        T* grad);
   EvalResult evaluate(const T* x, Index N, const FitOptions& o);
   std::vector<Index> active_units(const T* x, Index N);
 

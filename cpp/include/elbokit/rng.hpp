@@ -108,6 +108,18 @@ void fill_normal(T* out, int64_t n, uint64_t seed, uint64_t stream, uint64_t off
   }
 }
 
+// Rows [offset, offset + B) of S blocks of G rows of width Z, laid out (S, B, Z):
+// out[(s·B + i)·Z + j] = normal_at(seed, stream, base + (s·G + offset + i)·Z + j). With offset 0 and
+// G = B it is fill_normal(out, S·B·Z, seed, stream, base): a shard of a minibatch (train.hpp's Shard)
+// gets exactly the numbers its rows have in the whole minibatch's draw.
+template <class T>
+void fill_normal_rows(T* out, int64_t S, int64_t B, int64_t Z, int64_t offset, int64_t G, uint64_t seed,
+                      uint64_t stream, uint64_t base = 0) {
+  if (offset == 0 && G == B) return fill_normal(out, S * B * Z, seed, stream, base);
+  for (int64_t s = 0; s < S; ++s)
+    fill_normal(out + s * B * Z, B * Z, seed, stream, base + uint64_t((s * G + offset) * Z));
+}
+
 // A uniformly random permutation of 0..n-1 (Fisher-Yates driven by uniform_at).
 inline std::vector<int64_t> permutation(int64_t n, uint64_t seed, uint64_t stream) {
   std::vector<int64_t> p(size_t(n > 0 ? n : 0));

@@ -2,8 +2,10 @@
 //
 // Shapes: N examples, D data, B batch, P parameters.
 // A Model provides: num_params(), param_data(), data_dim(),
-//   StepResult train_step(const T* x (B,D), Index B, const FitOptions&, uint64_t step, double beta, T* grad (P))
-//     (grad accumulates ∂loss/∂θ, loss = −objective; noise from (seed, streams::kTrainNoise + step)),
+//   StepResult train_step(const T* x (B,D), Index B, const Shard&, const FitOptions&, uint64_t step, double beta,
+//                         T* grad (P))
+//     (grad accumulates ∂loss/∂θ, loss = −objective; noise from (seed, streams::kTrainNoise + step) at the
+//     rows' indices in the global minibatch, see Shard),
 //   EvalResult evaluate(const T* x (N,D), Index N, const FitOptions&) and
 //   std::vector<Index> active_units(const T* x (N,D), Index N).
 // Optional hook, detected at compile time: void after_step(uint64_t step), called after each
@@ -41,6 +43,28 @@ struct FitOptions {
   uint64_t seed = 0;
   Index report_every = 0;     // steps between progress reports (0: about 50 a epoch)
   bool active_units = true;   // count active units at each epoch's end (models that have them)
+};
+
+// The rows of one global minibatch that a train_step computes. Data-parallel training splits each
+// minibatch of `total` rows over processes: this one computes rows [offset, offset + B) (B is the
+// train_step's own argument). The step draws every random number at the row's index in the global
+// minibatch and scales its gradient by B / total, so that the processes' gradients, summed, are the
+// gradient of the whole minibatch's mean loss: the one-process result up to the order of
+// floating-point summation. The StepResult it returns holds the means over its own B rows.
+// total = 0: the rows are the whole minibatch.
+struct Shard {
+  Index offset = 0, total = 0;
+  Index global(Index B) const { return total > 0 ? total : B; }
+  double weight(Index B) const { return total > 0 ? double(B) / double(total) : 1.0; }
+};
+
+// The processes of a data-parallel fit (the engine has no MPI of its own: the Python layer binds
+// this to mpi4py's COMM_WORLD). `allreduce` sums grad (P) and stats (n) over the processes in place,
+// and every process receives the same sums. size = 1 and no allreduce: one process.
+template <class T>
+struct Collective {
+  int rank = 0, size = 1;
+  std::function<void(T* grad, Index P, double* stats, Index n)> allreduce;
 };
 
 struct StepResult {
@@ -153,13 +177,33 @@ inline double beta_at(const FitOptions& o, Index step) {
 // fit: epochs over x (N,D) in shuffled minibatches (the permutation of epoch e comes from
 // (seed, streams::kShuffle + e); the last minibatch may be smaller). hist is filled as training
 // goes, so it holds what was done even when a NonFiniteError or a stop request ends it early.
+//
+// Data-parallel (comm with size > 1): every process holds the whole x and the same parameters and
+// draws the same permutations; process r computes rows [b0 + ⌊bs·r/R⌋, b0 + ⌊bs·(r+1)/R⌋) of each
+// global minibatch [b0, b0 + bs) (Shard), then comm.allreduce sums the gradients and the step's
+// weighted statistics, and each process takes the same optimizer step on the same sum. The history
+// is the global one on every process. Validation and active units are computed whole on each.
 template <class T, class Model>
 void fit(Model& model, const T* x, Index N, const T* xval, Index Nval, const FitOptions& o, FitHistory& hist,
-         const ProgressFn& progress) {
+         const ProgressFn& progress, const Collective<T>& comm = Collective<T>()) {
   validate(o);
+  const int R = comm.size, rank = comm.rank;
+  if (R < 1 || rank < 0 || rank >= R)
+    fail("the process group must have size >= 1 and 0 <= rank < size, got rank " + std::to_string(rank) +
+         " of " + std::to_string(R));
+  if (R > 1 && !comm.allreduce) fail("a process group of size " + std::to_string(R) + " needs an allreduce");
+  if (R > 1 && std::min(o.batch_size, N) < R)
+    fail("batch_size must be at least the number of processes (" + std::to_string(R) + ") in data-parallel "
+         "training, got " + std::to_string(std::min(o.batch_size, N)) + " (batch_size " + std::to_string(o.batch_size) +
+         ", " + std::to_string(N) + " rows)");
+  if (R > 1 && o.free_bits > 0)
+    fail("free_bits must be 0 in data-parallel training (the floor applies to the whole minibatch's mean KL, "
+         "which no process has before the allreduce), got " + std::to_string(o.free_bits));
   const FlushDenormals ftz;
   const Index D = model.data_dim(), P = model.num_params();
   const Index B = std::min(o.batch_size, N);
+  std::vector<double> stats;  // the step's weighted means, summed over the processes
+  Index nterms = -1;
   const Index steps_per_epoch = ceil_div(N, B);
   const Index total = steps_per_epoch * o.epochs;
   const Index report = o.report_every > 0 ? o.report_every : std::max<Index>(1, steps_per_epoch / 50);
@@ -172,13 +216,42 @@ void fit(Model& model, const T* x, Index N, const T* xval, Index Nval, const Fit
     double s_loss = 0, s_elbo = 0, s_rec = 0, s_kl = 0, s_norm = 0;
     std::vector<double> s_terms;
     for (Index k = 0; k < steps_per_epoch; ++k, ++step) {
-      const Index b0 = k * B, bs = std::min(B, N - b0);
+      const Index b0 = k * B, bs_all = std::min(B, N - b0);
+      // this process's rows of the minibatch: [lo, lo + bs) (all of them when R = 1)
+      const Index lo = bs_all * rank / R, bs = bs_all * (rank + 1) / R - lo;
 #pragma omp parallel for schedule(static) if (bs * D > 65536)
       for (Index i = 0; i < bs; ++i)
-        std::copy(x + perm[size_t(b0 + i)] * D, x + (perm[size_t(b0 + i)] + 1) * D, xb.data() + i * D);
+        std::copy(x + perm[size_t(b0 + lo + i)] * D, x + (perm[size_t(b0 + lo + i)] + 1) * D, xb.data() + i * D);
       const double beta = beta_at(o, step);
       zero_parallel(grad.data(), P);
-      const StepResult r = model.train_step(xb.data(), bs, o, uint64_t(step), beta, grad.data());
+      StepResult r;
+      if (R == 1) {
+        r = model.train_step(xb.data(), bs, Shard(), o, uint64_t(step), beta, grad.data());
+      } else {
+        Shard sh;
+        sh.offset = lo;
+        sh.total = bs_all;
+        if (bs > 0) r = model.train_step(xb.data(), bs, sh, o, uint64_t(step), beta, grad.data());
+        // the minibatch's means: Σ over processes of (bs / bs_all) · this process's means
+        const double w = sh.weight(bs);
+        // the number of KL terms, from the first step (on which every process has rows: B >= R)
+        if (nterms < 0) nterms = Index(r.kl_terms.size());
+        const size_t K = size_t(nterms);
+        stats.assign(4 + K, 0.0);
+        if (bs > 0) {
+          stats[0] = w * r.loss;
+          stats[1] = w * r.elbo;
+          stats[2] = w * r.reconstruction;
+          stats[3] = w * r.kl;
+          for (size_t j = 0; j < std::min(K, r.kl_terms.size()); ++j) stats[4 + j] = w * r.kl_terms[j];
+        }
+        comm.allreduce(grad.data(), P, stats.data(), Index(stats.size()));
+        r.loss = stats[0];
+        r.elbo = stats[1];
+        r.reconstruction = stats[2];
+        r.kl = stats[3];
+        r.kl_terms.assign(stats.begin() + 4, stats.end());
+      }
       const double norm = grad_norm(grad.data(), P);
       if (!std::isfinite(r.loss) || !std::isfinite(norm)) {
         hist.steps = step;
@@ -192,7 +265,7 @@ void fit(Model& model, const T* x, Index N, const T* xval, Index Nval, const Fit
       opt.step(model.param_data(), grad.data());
       if constexpr (has_after_step<Model>::value) model.after_step(uint64_t(step));
       hist.step_loss.push_back(r.loss);
-      const double w = double(bs) / double(N);
+      const double w = double(bs_all) / double(N);
       s_loss += w * r.loss;
       s_elbo += w * r.elbo;
       s_rec += w * r.reconstruction;

@@ -93,10 +93,12 @@ class VAE {
 
   // log_likelihood: L_K per example (MATH.md §3), importance samples z_k ~ q(z|x) from
   // (seed, streams::kLogLikelihood) at index (b·K + k)·Z + j for global row b; log-sum-exp in double.
-  Vec<double> log_likelihood(CMatRef<T> x, Index K, uint64_t seed);
+  // row0: the index of x's first row in a larger set whose noise this call reproduces (a shard of it).
+  Vec<double> log_likelihood(CMatRef<T> x, Index K, uint64_t seed, Index row0 = 0);
 
   // The training-loop interface (train.hpp).
-  StepResult train_step(const T* x, Index B, const FitOptions& o, uint64_t step, double beta, T* grad);
+  StepResult train_step(const T* x, Index B, const Shard& sh, const FitOptions& o, uint64_t step, double beta,
+                        T* grad);
   EvalResult evaluate(const T* x, Index N, const FitOptions& o);
   std::vector<Index> active_units(const T* x, Index N);
 
