@@ -3,7 +3,7 @@
     python tests/_mpi_job.py MODE OUT [--single]
 
 train: every model trained 50 float64 steps (distributed unless --single), its final weights,
-step losses and sharded evaluations saved to OUT/rank{r}.npz.
+step losses, validation terms and sharded evaluations saved to OUT/rank{r}.npz.
 longfit: a VAE trained for a long time with a checkpoint each epoch (OUT/checkpoint.elbokit);
 each process writes OUT/pid{r} first (the test kills one).
 stall / raise: as longfit, but process 1 stops itself (SIGSTOP) or raises in its 70th allreduce.
@@ -46,8 +46,10 @@ def models():
 def train(out, dist):
     res = {}
     for name, m, kw, x in models():
-        h = m.fit(x, distributed=dist, **kw)
+        h = m.fit(x, validation=x[3::7][:57], distributed=dist, **kw)  # validation sharded unevenly
         res[f"{name}.weights"] = np.asarray(m._core.get_flat())
+        for k in ("val_elbo", "val_reconstruction", "val_kl"):
+            res[f"{name}.{k}"] = np.asarray(h[k])
         res[f"{name}.step_loss"] = np.asarray(h["step_loss"])
         res[f"{name}.train_elbo"] = np.asarray(h["train_elbo"])
         n = 50

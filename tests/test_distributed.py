@@ -74,7 +74,8 @@ def test_training_and_evaluation_match_one_process(single, tmp_path, ranks):
     """After 50 float64 steps (VAE, HVAE both structures, diffusion with EMA, the conv VAE, the U-Net
     diffusion model, the autoencoder and the flow) the weights of R processes equal one process's
     within 1e-10 relative (summation order only), the R processes hold bit-identical weights, the
-    histories agree, and the sharded ELBO and L_K equal the one-process values."""
+    histories agree (the per-epoch validation terms, computed sharded, too), and the sharded ELBO and
+    L_K equal the one-process values."""
     _run(_mpirun(ranks, sys.executable, JOB, "train", str(tmp_path)))
     runs = [dict(np.load(tmp_path / f"rank{r}.npz")) for r in range(ranks)]
     assert set(runs[0]) == set(single)

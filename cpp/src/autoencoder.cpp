@@ -188,7 +188,7 @@ StepResult Autoencoder<T>::train_step(const T* x, Index B, const Shard& sh, cons
 }
 
 template <class T>
-EvalResult Autoencoder<T>::evaluate(const T* x, Index N, const FitOptions&) {
+EvalResult Autoencoder<T>::evaluate(const T* x, Index N, const Shard&, const FitOptions&) {
   AELossTerms t;
   const double J = loss_grad(CMatMap<T>(x, N, cfg_.x_dim), Mat<T>(), 1.0, nullptr, &t);
   EvalResult r;

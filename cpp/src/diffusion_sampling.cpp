@@ -161,15 +161,17 @@ StepResult Diffusion<T>::train_step(const T* x, Index B, const Shard& sh, const 
 // (seed, kDiffusionValTime) at b), noise from (seed, kValidation): an unbiased ELBO estimate whose
 // draws are the same at every epoch.
 template <class T>
-EvalResult Diffusion<T>::evaluate(const T* x, Index N, const FitOptions& o) {
+EvalResult Diffusion<T>::evaluate(const T* x, Index N, const Shard& sh, const FitOptions& o) {
   const Index D = cfg_.x_dim, Tn = sch_.T;
   Mat<T> x2(2 * N, D), eps(2 * N, D);
   x2.topRows(N) = CMatMap<T>(x, N, D);
   x2.bottomRows(N) = CMatMap<T>(x, N, D);
-  fill_normal(eps.data(), 2 * N * D, o.seed, streams::kValidation);
+  // (seed, kValidation) laid out (2, N_all, D), our rows of both halves; t at the row's global index
+  fill_normal_rows(eps.data(), 2, N, D, sh.offset, sh.global(N), o.seed, streams::kValidation);
   std::vector<Index> t(size_t(2 * N), 1);
   for (Index b = 0; b < N; ++b)
-    t[size_t(N + b)] = std::min(Tn, 2 + Index(double(Tn - 1) * uniform_at(o.seed, streams::kDiffusionValTime, uint64_t(b))));
+    t[size_t(N + b)] = std::min(
+        Tn, 2 + Index(double(Tn - 1) * uniform_at(o.seed, streams::kDiffusionValTime, uint64_t(sh.offset + b))));
   const LossTerms lt = loss(x2, t, eps, LossKind::Elbo);
   EvalResult r;
   r.reconstruction = -lt.step.head(N).mean();

@@ -323,7 +323,7 @@ StepResult Flow<T>::train_step(const T* x, Index B, const Shard& sh, const FitOp
 }
 
 template <class T>
-EvalResult Flow<T>::evaluate(const T* x, Index N, const FitOptions&) {
+EvalResult Flow<T>::evaluate(const T* x, Index N, const Shard&, const FitOptions&) {
   Mat<T> z;
   FlowTerms t;
   forward(CMatMap<T>(x, N, cfg_.dim), z, t);

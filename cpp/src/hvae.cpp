@@ -503,10 +503,12 @@ StepResult HVAE<T>::train_step(const T* x, Index B, const Shard& sh, const FitOp
 }
 
 template <class T>
-EvalResult HVAE<T>::evaluate(const T* x, Index N, const FitOptions& o) {
-  const Index S = o.n_samples;
-  Mat<T> eps(S * N * ztot_, 1);
-  fill_normal(eps.data(), S * N * ztot_, o.seed, streams::kValidation);
+EvalResult HVAE<T>::evaluate(const T* x, Index N, const Shard& sh, const FitOptions& o) {
+  const Index S = o.n_samples, G = sh.global(N);
+  Mat<T> eps(S * N * ztot_, 1);  // (seed, kValidation), level-blocked (S, N_all, Z_l), our rows of each block
+  for (Index l = 0; l < L_; ++l)
+    fill_normal_rows(eps.data() + S * N * zoff_[size_t(l)], S, N, cfg_.z_dims[size_t(l)], sh.offset, G, o.seed,
+                     streams::kValidation, uint64_t(S * G * zoff_[size_t(l)]));
   const HElboTerms t = elbo(CMatMap<T>(x, N, cfg_.x_dim), eps.data(), S, kl_from_string(o.kl));
   EvalResult r;
   r.reconstruction = t.reconstruction.mean();

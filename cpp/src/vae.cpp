@@ -309,10 +309,10 @@ StepResult VAE<T>::train_step(const T* x, Index B, const Shard& sh, const FitOpt
 }
 
 template <class T>
-EvalResult VAE<T>::evaluate(const T* x, Index N, const FitOptions& o) {
+EvalResult VAE<T>::evaluate(const T* x, Index N, const Shard& sh, const FitOptions& o) {
   const Index S = o.n_samples, Z = cfg_.z_dim;
-  Mat<T> eps(S * N, Z);
-  fill_normal(eps.data(), S * N * Z, o.seed, streams::kValidation);
+  Mat<T> eps(S * N, Z);  // (seed, kValidation), layout (S, N_all, Z), our rows
+  fill_normal_rows(eps.data(), S, N, Z, sh.offset, sh.global(N), o.seed, streams::kValidation);
   const ElboTerms t = elbo(CMatMap<T>(x, N, cfg_.x_dim), eps, S, kl_from_string(o.kl));
   EvalResult r;
   r.reconstruction = t.reconstruction.mean();

@@ -62,7 +62,7 @@ class Autoencoder {
   // squared error Σ_j, kl the mean penalty λ‖J‖², elbo = −loss (an autoencoder has no ELBO).
   StepResult train_step(const T* x, Index B, const Shard& sh, const FitOptions& o, uint64_t step, double beta,
                         T* grad);
-  EvalResult evaluate(const T* x, Index N, const FitOptions& o);
+  EvalResult evaluate(const T* x, Index N, const Shard& sh, const FitOptions& o);
   std::vector<Index> active_units(const T* x, Index N);  // code units with variance > 0.01
 
  private:

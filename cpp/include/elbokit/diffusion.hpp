@@ -156,7 +156,7 @@ class Diffusion {
   void set_train_loss(LossKind k) { train_loss_ = k; }
   StepResult train_step(const T* x, Index B, const Shard& sh, const FitOptions& o, uint64_t step, double beta,
                         T* grad);
-  EvalResult evaluate(const T* x, Index N, const FitOptions& o);
+  EvalResult evaluate(const T* x, Index N, const Shard& sh, const FitOptions& o);
   std::vector<Index> active_units(const T*, Index) { return {}; }
   void after_step(uint64_t step);
 

@@ -65,7 +65,7 @@ class Flow {
   // mean log p(x), reconstruction the mean log|det| and kl the mean −log p(f(x)).
   StepResult train_step(const T* x, Index B, const Shard& sh, const FitOptions& o, uint64_t step, double beta,
                         T* grad);
-  EvalResult evaluate(const T* x, Index N, const FitOptions& o);
+  EvalResult evaluate(const T* x, Index N, const Shard& sh, const FitOptions& o);
   std::vector<Index> active_units(const T*, Index) { return {}; }
 
  private:

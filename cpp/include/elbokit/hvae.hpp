@@ -172,7 +172,7 @@ class HVAE {
   // The training-loop interface (train.hpp); kl_terms and active units are per level.
   StepResult train_step(const T* x, Index B, const Shard& sh, const FitOptions& o, uint64_t step, double beta,
                         T* grad);
-  EvalResult evaluate(const T* x, Index N, const FitOptions& o);
+  EvalResult evaluate(const T* x, Index N, const Shard& sh, const FitOptions& o);
   std::vector<Index> active_units(const T* x, Index N);
 
  private:

@@ -6,7 +6,8 @@
 //                         T* grad (P))
 //     (grad accumulates ∂loss/∂θ, loss = −objective; noise from (seed, streams::kTrainNoise + step) at the
 //     rows' indices in the global minibatch, see Shard),
-//   EvalResult evaluate(const T* x (N,D), Index N, const FitOptions&) and
+//   EvalResult evaluate(const T* x (N,D), Index N, const Shard&, const FitOptions&) (means over its N rows,
+//     rows [offset, offset + N) of a set of total rows whose random numbers it reproduces) and
 //   std::vector<Index> active_units(const T* x (N,D), Index N).
 // Optional hook, detected at compile time: void after_step(uint64_t step), called after each
 // optimizer step (for example to update an exponential moving average of the parameters).
@@ -182,7 +183,9 @@ inline double beta_at(const FitOptions& o, Index step) {
 // draws the same permutations; process r computes rows [b0 + ⌊bs·r/R⌋, b0 + ⌊bs·(r+1)/R⌋) of each
 // global minibatch [b0, b0 + bs) (Shard), then comm.allreduce sums the gradients and the step's
 // weighted statistics, and each process takes the same optimizer step on the same sum. The history
-// is the global one on every process. Validation and active units are computed whole on each.
+// is the global one on every process. Validation is sharded the same way (each process its rows,
+// with their one-process random numbers; the weighted means summed); active units are computed
+// whole on each process (a variance over all rows).
 template <class T, class Model>
 void fit(Model& model, const T* x, Index N, const T* xval, Index Nval, const FitOptions& o, FitHistory& hist,
          const ProgressFn& progress, const Collective<T>& comm = Collective<T>()) {
@@ -295,7 +298,27 @@ void fit(Model& model, const T* x, Index N, const T* xval, Index Nval, const Fit
     hist.grad_norm.push_back(s_norm);
     hist.kl_terms.push_back(s_terms);
     if (xval) {
-      const EvalResult v = model.evaluate(xval, Nval, o);
+      EvalResult v;
+      if (R == 1) {
+        v = model.evaluate(xval, Nval, Shard(), o);
+      } else {  // each process its rows of the validation set, the weighted means summed
+        const Index lo = Nval * rank / R, n = Nval * (rank + 1) / R - lo;
+        double vs[3] = {0, 0, 0};
+        if (n > 0) {
+          Shard sh;
+          sh.offset = lo;
+          sh.total = Nval;
+          const EvalResult mine = model.evaluate(xval + lo * D, n, sh, o);
+          const double w = sh.weight(n);
+          vs[0] = w * mine.elbo;
+          vs[1] = w * mine.reconstruction;
+          vs[2] = w * mine.kl;
+        }
+        comm.allreduce(grad.data(), 0, vs, 3);
+        v.elbo = vs[0];
+        v.reconstruction = vs[1];
+        v.kl = vs[2];
+      }
       hist.val_elbo.push_back(v.elbo);
       hist.val_reconstruction.push_back(v.reconstruction);
       hist.val_kl.push_back(v.kl);

@@ -99,7 +99,7 @@ class VAE {
   // The training-loop interface (train.hpp).
   StepResult train_step(const T* x, Index B, const Shard& sh, const FitOptions& o, uint64_t step, double beta,
                         T* grad);
-  EvalResult evaluate(const T* x, Index N, const FitOptions& o);
+  EvalResult evaluate(const T* x, Index N, const Shard& sh, const FitOptions& o);
   std::vector<Index> active_units(const T* x, Index N);
 
  private:
