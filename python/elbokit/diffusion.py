@@ -355,12 +355,8 @@ class Diffusion(_ParamModel):
         EMA weights; ``hist['raw_parameters']`` holds the last iterate. History: ``train_loss``;
         ``train_elbo`` / ``val_elbo`` are unbiased one-step estimates of the ELBO (nats).
 
-        ``checkpoint``: a path the model is saved to (atomically, ``save``) at each epoch's end.
-        ``distributed=True``: data-parallel over the MPI processes of ``mpirun -n R`` (see
-        elbokit.distributed): each process computes its share of every minibatch and the gradients
-        are summed before each step; every process ends with the same weights, equal to one
-        process's run up to floating-point summation order. Process 0 alone shows the bar and writes
-        the checkpoint.
+        ``checkpoint`` and ``distributed``: as in ``VAE.fit`` (a checkpoint at each epoch's end;
+        data-parallel over MPI processes, see elbokit.distributed).
         """
         x = self._x(x)
         xv = None if validation is None else self._x(validation, "validation")

@@ -179,12 +179,8 @@ class Flow(_ParamModel):
         History: ``train_elbo`` = mean log p(x) (exact), ``train_reconstruction`` the mean log|det|,
         ``train_kl`` the mean −log p(f(x)).
 
-        ``checkpoint``: a path the model is saved to (atomically, ``save``) at each epoch's end.
-        ``distributed=True``: data-parallel over the MPI processes of ``mpirun -n R`` (see
-        elbokit.distributed): each process computes its share of every minibatch and the gradients
-        are summed before each step; every process ends with the same weights, equal to one
-        process's run up to floating-point summation order. Process 0 alone shows the bar and writes
-        the checkpoint.
+        ``checkpoint`` and ``distributed``: as in ``VAE.fit`` (a checkpoint at each epoch's end;
+        data-parallel over MPI processes, see elbokit.distributed).
         """
         x = self._x(x)
         xv = None if validation is None else self._x(validation, "validation")

@@ -377,12 +377,8 @@ class HVAE(_ParamModel):
         ``ek.random.normal(n_samples * batch * sum(z_dims), seed, STREAMS['train_noise'] + t)`` in
         level blocks (n_samples, batch, z_l).
 
-        ``checkpoint``: a path the model is saved to (atomically, ``save``) at each epoch's end.
-        ``distributed=True``: data-parallel over the MPI processes of ``mpirun -n R`` (see
-        elbokit.distributed): each process computes its share of every minibatch and the gradients
-        are summed before each step; every process ends with the same weights, equal to one
-        process's run up to floating-point summation order. Process 0 alone shows the bar and writes
-        the checkpoint.
+        ``checkpoint`` and ``distributed``: as in ``VAE.fit`` (a checkpoint at each epoch's end;
+        data-parallel over MPI processes, see elbokit.distributed).
         """
         x = self._x(x)
         xv = None if validation is None else self._x(validation, "validation")
