@@ -11,8 +11,9 @@ scales its gradient by its share of the rows, and an MPI allreduce sums the grad
 step's loss and ELBO terms) before every process takes the same optimizer step. So R processes
 compute the one-process training run up to the order of floating-point summation:
 
-- bit-identical: the permutations, every random number, the per-example forward and backward
-  values, and the final weights across the R processes of one run (they all apply the same sums);
+- bit-identical: the permutations, every random number, and the final weights across the R
+  processes of one run (they all apply the same sums); not the per-example values, whose products
+  run on fewer rows (their blocking may change the rounding);
 - not bit-identical to one process: the batch-summed gradients, reduced in R partial sums and then
   added by MPI, and so everything after them (float64, nine models, 50 Adam steps: the weights
   differ from one process's by 5e-17 to 1e-15 relative; tests/test_distributed.py asserts < 1e-10).
