@@ -57,6 +57,14 @@ struct Shard {
   Index offset = 0, total = 0;
   Index global(Index B) const { return total > 0 ? total : B; }
   double weight(Index B) const { return total > 0 ? double(B) / double(total) : 1.0; }
+  // Process rank's rows of n split over R processes: [⌊n·rank/R⌋, ⌊n·(rank+1)/R⌋).
+  static Shard of(Index n, int rank, int R) {
+    Shard sh;
+    sh.offset = n * rank / R;
+    sh.total = n;
+    return sh;
+  }
+  static Index count(Index n, int rank, int R) { return n * (rank + 1) / R - n * rank / R; }
 };
 
 // The processes of a data-parallel fit (the engine has no MPI of its own: the Python layer binds
@@ -221,7 +229,8 @@ void fit(Model& model, const T* x, Index N, const T* xval, Index Nval, const Fit
     for (Index k = 0; k < steps_per_epoch; ++k, ++step) {
       const Index b0 = k * B, bs_all = std::min(B, N - b0);
       // this process's rows of the minibatch: [lo, lo + bs) (all of them when R = 1)
-      const Index lo = bs_all * rank / R, bs = bs_all * (rank + 1) / R - lo;
+      const Shard sh = Shard::of(bs_all, rank, R);
+      const Index lo = sh.offset, bs = Shard::count(bs_all, rank, R);
 #pragma omp parallel for schedule(static) if (bs * D > 65536)
       for (Index i = 0; i < bs; ++i)
         std::copy(x + perm[size_t(b0 + lo + i)] * D, x + (perm[size_t(b0 + lo + i)] + 1) * D, xb.data() + i * D);
@@ -231,9 +240,6 @@ void fit(Model& model, const T* x, Index N, const T* xval, Index Nval, const Fit
       if (R == 1) {
         r = model.train_step(xb.data(), bs, Shard(), o, uint64_t(step), beta, grad.data());
       } else {
-        Shard sh;
-        sh.offset = lo;
-        sh.total = bs_all;
         if (bs > 0) r = model.train_step(xb.data(), bs, sh, o, uint64_t(step), beta, grad.data());
         // the minibatch's means: Σ over processes of (bs / bs_all) · this process's means
         const double w = sh.weight(bs);
@@ -302,14 +308,12 @@ void fit(Model& model, const T* x, Index N, const T* xval, Index Nval, const Fit
       if (R == 1) {
         v = model.evaluate(xval, Nval, Shard(), o);
       } else {  // each process its rows of the validation set, the weighted means summed
-        const Index lo = Nval * rank / R, n = Nval * (rank + 1) / R - lo;
+        const Shard vsh = Shard::of(Nval, rank, R);
+        const Index n = Shard::count(Nval, rank, R);
         double vs[3] = {0, 0, 0};
         if (n > 0) {
-          Shard sh;
-          sh.offset = lo;
-          sh.total = Nval;
-          const EvalResult mine = model.evaluate(xval + lo * D, n, sh, o);
-          const double w = sh.weight(n);
+          const EvalResult mine = model.evaluate(xval + vsh.offset * D, n, vsh, o);
+          const double w = vsh.weight(n);
           vs[0] = w * mine.elbo;
           vs[1] = w * mine.reconstruction;
           vs[2] = w * mine.kl;
