@@ -22,6 +22,10 @@
 #include <string>
 #include <vector>
 
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
 #include "elbokit/common.hpp"
 #include "elbokit/gemm.hpp"
 
@@ -62,17 +66,21 @@ inline void check_conv_geom(const ConvGeom& g, const std::string& what, bool exa
 // Per-thread patch buffers and the parameter gradients' per-chunk partials, reused between calls.
 template <class T>
 struct ConvWork {
-  std::vector<T> cols;      // (threads, n1 + n2): per thread a patch matrix and a group's outputs
+  std::vector<T> cols;      // (threads, n1 + n2 + n3): per thread a patch matrix, a group's outputs
+                            // and an image's phase planes (im2col)
   std::vector<T> partials;  // (chunks, parameter count): one gradient partial per chunk
-  Index per_thread = 0, first = 0;
-  // this thread's buffers (ensure_cols first): n1 entries, then n2
+  std::vector<T> flipped;   // conv2d_backward's flipped kernel (C, O, k, k)
+  Index per_thread = 0, first = 0, second = 0;
+  // this thread's buffers (ensure_cols first): n1 entries, then n2, then n3
   T* col() { return cols.data() + Index(thread_slot()) * per_thread; }
   T* buf() { return col() + first; }
-  void ensure_cols(Index n1, Index n2 = 0) {
-    const Index need = Index(max_threads()) * (n1 + n2);
+  T* planes() { return col() + first + second; }
+  void ensure_cols(Index n1, Index n2, Index n3) {
+    const Index need = Index(max_threads()) * (n1 + n2 + n3);
     if (Index(cols.size()) < need) cols.resize(need);
-    per_thread = n1 + n2;
+    per_thread = n1 + n2 + n3;
     first = n1;
+    second = n2;
   }
   T* ensure_partials(Index chunks, Index n) {
     if (Index(partials.size()) < chunks * n) partials.resize(chunks * n);
@@ -115,44 +123,211 @@ void add_partials(T* dst, const T* partials, Index count, Index n, Index stride)
 inline bool conv_parallel(double flops, Index units) { return units > 1 && flops > kParallelFlops; }
 
 // ---- im2col / col2im -----------------------------------------------------------------------
+//
+// Both go through the image's phase planes, so that every row of a patch matrix is Ho contiguous
+// runs of Wo entries, with no bounds test and no strided access per entry. The zero-padded image
+// xp (C, H + 2p, W + 2p) is cut by the stride s into s² planes per channel,
+//   planes (C, s, s, Hq, Wq)[c, a, b, r, q] = xp[c, r·s + a, q·s + b]  (0 past xp's edge),
+// Hq = ⌈(H + 2p)/s⌉, Wq likewise; then patch row (c, i, j) at output (oh, ow), which reads
+// xp[c, oh·s + i, ow·s + j], is planes[c, i % s, j % s, oh + ⌊i/s⌋, ow + ⌊j/s⌋].
 
-inline Index floor_div(Index a, Index b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }  // b > 0
+// Short runs (a patch row's Wo entries, often 7 to 28): on AVX-512 whole 512-bit packets and one
+// masked packet for the tail, instead of a scalar tail loop per run. Exact: copies and per-entry adds.
+#ifdef __AVX512F__
+inline void copy_run(float* d, const float* s, Index n) {
+  for (; n >= 16; n -= 16, d += 16, s += 16) _mm512_storeu_ps(d, _mm512_loadu_ps(s));
+  if (n > 0) {
+    const __mmask16 m = __mmask16((1u << n) - 1);
+    _mm512_mask_storeu_ps(d, m, _mm512_maskz_loadu_ps(m, s));
+  }
+}
+inline void copy_run(double* d, const double* s, Index n) {
+  for (; n >= 8; n -= 8, d += 8, s += 8) _mm512_storeu_pd(d, _mm512_loadu_pd(s));
+  if (n > 0) {
+    const __mmask8 m = __mmask8((1u << n) - 1);
+    _mm512_mask_storeu_pd(d, m, _mm512_maskz_loadu_pd(m, s));
+  }
+}
+inline void add_run(float* d, const float* s, Index n) {
+  for (; n >= 16; n -= 16, d += 16, s += 16) _mm512_storeu_ps(d, _mm512_add_ps(_mm512_loadu_ps(d), _mm512_loadu_ps(s)));
+  if (n > 0) {
+    const __mmask16 m = __mmask16((1u << n) - 1);
+    _mm512_mask_storeu_ps(d, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, d), _mm512_maskz_loadu_ps(m, s)));
+  }
+}
+inline void add_run(double* d, const double* s, Index n) {
+  for (; n >= 8; n -= 8, d += 8, s += 8) _mm512_storeu_pd(d, _mm512_add_pd(_mm512_loadu_pd(d), _mm512_loadu_pd(s)));
+  if (n > 0) {
+    const __mmask8 m = __mmask8((1u << n) - 1);
+    _mm512_mask_storeu_pd(d, m, _mm512_add_pd(_mm512_maskz_loadu_pd(m, d), _mm512_maskz_loadu_pd(m, s)));
+  }
+}
+#else
+template <class T>
+inline void copy_run(T* d, const T* s, Index n) {
+  for (Index i = 0; i < n; ++i) d[i] = s[i];
+}
+template <class T>
+inline void add_run(T* d, const T* s, Index n) {
+  for (Index i = 0; i < n; ++i) d[i] += s[i];
+}
+#endif
+
+struct PhaseGeom {
+  Index s = 1, Hq = 0, Wq = 0, C = 0;
+  explicit PhaseGeom(const ConvGeom& g)
+      : s(g.stride), Hq(ceil_div(g.H + 2 * g.pad, g.stride)), Wq(ceil_div(g.W + 2 * g.pad, g.stride)), C(g.C) {}
+  Index plane() const { return Hq * Wq; }
+  Index size() const { return C * s * s * plane(); }  // entries of the planes buffer
+  // the first entry of patch row (c, i, j): planes[c, i % s, j % s, ⌊i/s⌋, ⌊j/s⌋]
+  Index row_origin(Index c, Index i, Index j) const {
+    return ((c * s + i % s) * s + j % s) * plane() + (i / s) * Wq + j / s;
+  }
+};
+
+// The scratch entries im2col and col2im need: the planes, then one zero-padded image row (with a
+// packet of slack, read past its end and never stored).
+inline Index phase_planes_size(const ConvGeom& g) {
+  const PhaseGeom q(g);
+  return q.size() + q.Wq * q.s + 64;
+}
+
+// deinterleave2: even[v] = row[2v], odd[v] = row[2v + 1] for v < n; row has 2n + 32 readable entries.
+#ifdef __AVX512F__
+inline void deinterleave2(float* even, float* odd, const float* row, Index n) {
+  const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  for (Index v = 0; v < n; v += 16) {
+    const __m512 lo = _mm512_loadu_ps(row + 2 * v), hi = _mm512_loadu_ps(row + 2 * v + 16);
+    const __mmask16 m = n - v >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - v)) - 1);
+    _mm512_mask_storeu_ps(even + v, m, _mm512_permutex2var_ps(lo, ie, hi));
+    _mm512_mask_storeu_ps(odd + v, m, _mm512_permutex2var_ps(lo, io, hi));
+  }
+}
+inline void deinterleave2(double* even, double* odd, const double* row, Index n) {
+  const __m512i ie = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), io = _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15);
+  for (Index v = 0; v < n; v += 8) {
+    const __m512d lo = _mm512_loadu_pd(row + 2 * v), hi = _mm512_loadu_pd(row + 2 * v + 8);
+    const __mmask8 m = n - v >= 8 ? __mmask8(0xff) : __mmask8((1u << (n - v)) - 1);
+    _mm512_mask_storeu_pd(even + v, m, _mm512_permutex2var_pd(lo, ie, hi));
+    _mm512_mask_storeu_pd(odd + v, m, _mm512_permutex2var_pd(lo, io, hi));
+  }
+}
+#else
+template <class T>
+inline void deinterleave2(T* even, T* odd, const T* row, Index n) {
+  for (Index v = 0; v < n; ++v) {
+    even[v] = row[2 * v];
+    odd[v] = row[2 * v + 1];
+  }
+}
+#endif
+
+// to_phase_planes: planes (C, s, s, Hq, Wq) = the zero-padded x (C, H, W), cut by phase; scratch
+// as phase_planes_size (the padded row lies after the planes).
+template <class T>
+void to_phase_planes(T* planes, const T* x, const ConvGeom& g) {
+  const PhaseGeom q(g);
+  const Index s = g.stride, p = g.pad, Wp = q.Wq * s;
+  T* padded = planes + q.size();  // (Wp + slack): one image row with its zero padding
+  std::fill(padded, padded + Wp + 64, T(0));
+  for (Index c = 0; c < g.C; ++c)
+    for (Index a = 0; a < s; ++a)
+      for (Index r = 0; r < q.Hq; ++r) {
+        T* out = planes + (c * s + a) * s * q.plane() + r * q.Wq;  // phase (a, 0); (a, b) is b planes on
+        const Index ih = r * s + a - p;
+        if (ih < 0 || ih >= g.H) {
+          for (Index b = 0; b < s; ++b) std::fill(out + b * q.plane(), out + b * q.plane() + q.Wq, T(0));
+          continue;
+        }
+        const T* xr = x + (c * g.H + ih) * g.W;
+        if (s == 1) {
+          std::fill(out, out + p, T(0));
+          copy_run(out + p, xr, g.W);
+          std::fill(out + p + g.W, out + q.Wq, T(0));
+        } else {  // s == 2: the padded row, then its even and odd entries
+          copy_run(padded + p, xr, g.W);  // the padding around it stays 0
+          deinterleave2(out, out + q.plane(), padded, q.Wq);
+        }
+      }
+}
+
+// from_phase_planes: x (C, H, W) += the entries of planes that lie inside the image (the adjoint of
+// to_phase_planes).
+template <class T>
+void from_phase_planes(T* x, const T* planes, const ConvGeom& g) {
+  const PhaseGeom q(g);
+  const Index s = g.stride, p = g.pad;
+  for (Index c = 0; c < g.C; ++c)
+    for (Index a = 0; a < s; ++a)
+      for (Index b = 0; b < s; ++b) {
+        const T* pl = planes + ((c * s + a) * s + b) * q.plane();
+        const Index v0 = std::min(q.Wq, ceil_div(std::max<Index>(0, p - b), s));
+        const Index v1 = std::max(v0, std::min(q.Wq, ceil_div(g.W + p - b, s)));
+        for (Index r = 0; r < q.Hq; ++r) {
+          const Index ih = r * s + a - p;
+          if (ih < 0 || ih >= g.H) continue;
+          const T* in = pl + r * q.Wq;
+          T* xr = x + (c * g.H + ih) * g.W + b - p;
+          if (s == 1)
+            add_run(xr + v0, in + v0, v1 - v0);
+          else
+            for (Index v = v0; v < v1; ++v) xr[v * s] += in[v];
+        }
+      }
+}
 
 // im2col: col (K, P) with row stride ld (≥ P), row (c·k + i)·k + j, column oh·Wo + ow, = x (C, H, W)
-// at (c, oh·s − p + i, ow·s − p + j), or 0 outside the image.
+// at (c, oh·s − p + i, ow·s − p + j), or 0 outside the image. planes: phase_planes_size(g) entries
+// of scratch.
 template <class T>
-void im2col(T* col, const T* x, const ConvGeom& g, Index ld) {
-  const Index Ho = g.Ho(), Wo = g.Wo(), k = g.k, s = g.stride, p = g.pad;
+void im2col(T* col, const T* x, const ConvGeom& g, Index ld, T* planes) {
+  const Index Ho = g.Ho(), Wo = g.Wo(), k = g.k;
+  if (k == 1 && g.stride == 1 && g.pad == 0) {  // a 1×1 convolution: the patch rows are the channels
+    for (Index c = 0; c < g.C; ++c) copy_run(col + c * ld, x + c * Ho * Wo, Ho * Wo);
+    return;
+  }
+  const PhaseGeom q(g);
+  to_phase_planes(planes, x, g);
   for (Index c = 0; c < g.C; ++c)
     for (Index i = 0; i < k; ++i)
       for (Index j = 0; j < k; ++j) {
         T* row = col + ((c * k + i) * k + j) * ld;
-        // the output columns whose input column ow·s − p + j lies in [0, W)
-        const Index ow0 = std::min(Wo, std::max<Index>(0, -floor_div(j - p, s)));  // ⌈(p − j)/s⌉
-        const Index ow1 = std::max(ow0, std::min(Wo, floor_div(g.W - 1 + p - j, s) + 1));
+        const T* src = planes + q.row_origin(c, i, j);
         for (Index oh = 0; oh < Ho; ++oh) {
-          T* r = row + oh * Wo;
-          const Index ih = oh * s - p + i;
-          if (ih < 0 || ih >= g.H) {
-            std::fill(r, r + Wo, T(0));
-            continue;
-          }
-          const T* xr = x + (c * g.H + ih) * g.W - p + j;
-          for (Index ow = 0; ow < ow0; ++ow) r[ow] = T(0);
-          if (s == 1)
-            std::copy(xr + ow0, xr + ow1, r + ow0);
-          else
-            for (Index ow = ow0; ow < ow1; ++ow) r[ow] = xr[ow * s];
-          for (Index ow = ow1; ow < Wo; ++ow) r[ow] = T(0);
+          const T* sr = src + oh * q.Wq;
+          copy_run(row + oh * Wo, sr, Wo);
         }
       }
 }
 
 // col2im: the adjoint of im2col: x (C, H, W) += the entries of col (K, P; row stride ld) at their
-// image positions.
+// image positions, in patch-row order. Stride 1 with short rows (Wo < 16): summed in the
+// zero-padded image (the one phase plane, scratch), a row of Wo entries at a time, then added to x.
+// Otherwise added into x directly: at stride 2 (7x7 to 28x28 outputs) and at stride 1 with 28x28
+// outputs that measured faster than through the planes (float32, AVX-512).
+inline Index floor_div(Index a, Index b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }  // b > 0
+
 template <class T>
-void col2im(T* x, const T* col, const ConvGeom& g, Index ld) {
+void col2im(T* x, const T* col, const ConvGeom& g, Index ld, T* planes) {
   const Index Ho = g.Ho(), Wo = g.Wo(), k = g.k, s = g.stride, p = g.pad;
+  if (k == 1 && s == 1 && p == 0) {
+    for (Index c = 0; c < g.C; ++c) add_run(x + c * Ho * Wo, col + c * ld, Ho * Wo);
+    return;
+  }
+  if (s == 1 && Wo < 16) {
+    const PhaseGeom q(g);
+    std::fill(planes, planes + q.size(), T(0));
+    for (Index c = 0; c < g.C; ++c)
+      for (Index i = 0; i < k; ++i)
+        for (Index j = 0; j < k; ++j) {
+          const T* row = col + ((c * k + i) * k + j) * ld;
+          T* dst = planes + q.row_origin(c, i, j);
+          for (Index oh = 0; oh < Ho; ++oh) add_run(dst + oh * q.Wq, row + oh * Wo, Wo);
+        }
+    from_phase_planes(x, planes, g);
+    return;
+  }
   for (Index c = 0; c < g.C; ++c)
     for (Index i = 0; i < k; ++i)
       for (Index j = 0; j < k; ++j) {
@@ -183,13 +358,13 @@ void conv2d_forward(T* out, const T* inp, const T* weight, const T* bias, Index 
   const Index K = g.patch(), P = g.positions(), I = g.in_size();
   const Chunks ch(B, P);
   const Index ld = ch.nb * P;
-  w.ensure_cols(K * ld, O * ld);
+  w.ensure_cols(K * ld, O * ld, phase_planes_size(g));
 #pragma omp parallel for schedule(static) if (conv_parallel(2.0 * B * O * K * P, ch.groups))
   for (Index gi = 0; gi < ch.groups; ++gi) {
     const Index b0 = ch.group_begin(gi), n = ch.group_len(gi);
     T* col = w.col();  // (K, ld)
     T* y = w.buf();    // (O, ld)
-    for (Index e = 0; e < n; ++e) im2col(col + e * P, inp + (b0 + e) * I, g, ld);
+    for (Index e = 0; e < n; ++e) im2col(col + e * P, inp + (b0 + e) * I, g, ld, w.planes());
     gemm<T>(false, false, O, n * P, K, weight, K, col, ld, T(0), y, ld);  // W (O, K) · col (K, n·P)
     for (Index e = 0; e < n; ++e)
       for (Index o = 0; o < O; ++o) {
@@ -204,16 +379,32 @@ void conv2d_forward(T* out, const T* inp, const T* weight, const T* bias, Index 
 // conv2d_backward, given dout (B, O, Ho, Wo) = ∂J/∂out, per group (dY (O, n·P) its gathered dout):
 //   dweight (O, K) += Σ_groups dY · colᵀ (n·P, K)
 //   dbias (O)      += Σ_b Σ_q dout_b[:, q]
-//   dinp_b (C, H, W) += col2im(b-th block of Wᵀ (K, O) · dY)
+//   dinp_b (C, H, W) += col2im(b-th block of Wᵀ (K, O) · dY)                       (stride 2, or k = 1)
+//   dinp_b (C, H, W) += W̃ (C, O·k·k) · col_d(dout_b), stride 1, k > 1: the stride-1 convolution of
+//     dout_b, padding k − 1 − p, with the flipped kernel W̃[c, o, i, j] = W[o, c, k−1−i, k−1−j]: a
+//     product of depth O·k·k and an im2col, where the col2im path has depth O and a scatter-add.
 template <class T>
 void conv2d_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight, Index B,
                      const ConvGeom& g, Index O, ConvWork<T>& w) {
-  const Index K = g.patch(), P = g.positions(), I = g.in_size();
+  const Index K = g.patch(), P = g.positions(), I = g.in_size(), k = g.k, C = g.C;
   const Index NP = O * K + O;  // one chunk's partial: dweight (O, K), dbias (O)
   const Chunks ch(B, P);
   const Index ld = ch.nb * P;
-  w.ensure_cols(K * ld, O * ld);
+  const bool flip = dinp && g.stride == 1 && k > 1;
+  const ConvGeom gd{O, g.Ho(), g.Wo(), k, 1, k - 1 - g.pad};  // dout_b (O, Ho, Wo) → dinp_b (C, H, W)
+  const Index Kd = flip ? gd.patch() : 0, Pd = gd.positions(), ldd = ch.nb * Pd;  // Pd = H·W
+  w.ensure_cols(std::max(K * ld, Kd * ldd), std::max(O * ld, flip ? C * ldd : 0),
+                std::max(phase_planes_size(g), flip ? phase_planes_size(gd) : 0));
   T* part = w.ensure_partials(ch.count, NP);
+  if (flip) {
+    w.flipped.resize(size_t(C * Kd));  // W̃ (C, O, k, k)
+    for (Index c = 0; c < C; ++c)
+      for (Index o = 0; o < O; ++o)
+        for (Index i = 0; i < k; ++i)
+          for (Index j = 0; j < k; ++j)
+            w.flipped[size_t(((c * O + o) * k + i) * k + j)] = weight[((o * C + c) * k + (k - 1 - i)) * k + (k - 1 - j)];
+  }
+  const T* wf = w.flipped.data();
 #pragma omp parallel for schedule(dynamic, 1) if (conv_parallel(4.0 * B * O * K * P, ch.count))
   for (Index c = 0; c < ch.count; ++c) {
     T* col = w.col();  // (K, ld)
@@ -223,7 +414,7 @@ void conv2d_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
     for (Index gi = ch.chunk_groups_begin(c); gi < ch.chunk_groups_end(c); ++gi) {
       const Index b0 = ch.group_begin(gi), n = ch.group_len(gi);
       for (Index e = 0; e < n; ++e) {
-        im2col(col + e * P, inp + (b0 + e) * I, g, ld);
+        im2col(col + e * P, inp + (b0 + e) * I, g, ld, w.planes());
         for (Index o = 0; o < O; ++o) {
           const T* src = dout + ((b0 + e) * O + o) * P;
           std::copy(src, src + P, dy + o * ld + e * P);
@@ -235,9 +426,18 @@ void conv2d_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
         for (Index q = 0; q < n * P; ++q) s += dy[o * ld + q];
         db[o] += s;
       }
-      if (dinp) {
+      if (flip) {  // col (Kd, n·Pd) = [col_d(dout_b) …], then dX (C, n·Pd) = W̃ · col, into dinp
+        for (Index e = 0; e < n; ++e) im2col(col + e * Pd, dout + (b0 + e) * O * P, gd, ldd, w.planes());
+        if (n == 1) {
+          gemm<T>(false, false, C, Pd, Kd, wf, Kd, col, ldd, T(1), dinp + b0 * I, Pd);
+        } else {
+          gemm<T>(false, false, C, n * Pd, Kd, wf, Kd, col, ldd, T(0), dy, ldd);
+          for (Index e = 0; e < n; ++e)
+            for (Index ci = 0; ci < C; ++ci) add_run(dinp + (b0 + e) * I + ci * Pd, dy + ci * ldd + e * Pd, Pd);
+        }
+      } else if (dinp) {
         gemm<T>(true, false, K, n * P, O, weight, K, dy, ld, T(0), col, ld);  // dcol (K, n·P) = Wᵀ · dY
-        for (Index e = 0; e < n; ++e) col2im(dinp + (b0 + e) * I, col + e * P, g, ld);
+        for (Index e = 0; e < n; ++e) col2im(dinp + (b0 + e) * I, col + e * P, g, ld, w.planes());
       }
     }
   }
@@ -272,7 +472,7 @@ void conv_transpose2d_forward(T* out, const T* inp, const T* weight, const T* bi
   const Index K = og.patch(), P = og.positions(), N = og.in_size(), HW = og.H * og.W;
   const Chunks ch(B, P);
   const Index ld = ch.nb * P;
-  w.ensure_cols(K * ld, C_in * ld);
+  w.ensure_cols(K * ld, C_in * ld, phase_planes_size(og));
 #pragma omp parallel for schedule(static) if (conv_parallel(2.0 * B * C_in * K * P, ch.groups))
   for (Index gi = 0; gi < ch.groups; ++gi) {
     const Index b0 = ch.group_begin(gi), n = ch.group_len(gi);
@@ -287,7 +487,7 @@ void conv_transpose2d_forward(T* out, const T* inp, const T* weight, const T* bi
     for (Index e = 0; e < n; ++e) {
       T* y = out + (b0 + e) * N;  // (C_out, Ho, Wo)
       for (Index c = 0; c < og.C; ++c) std::fill(y + c * HW, y + (c + 1) * HW, bias ? bias[c] : T(0));
-      col2im(y, col + e * P, og, ld);
+      col2im(y, col + e * P, og, ld, w.planes());
     }
   }
 }
@@ -304,7 +504,7 @@ void conv_transpose2d_backward(T* dinp, T* dweight, T* dbias, const T* dout, con
   const Index NP = C_in * K + Co;
   const Chunks ch(B, P);
   const Index ld = ch.nb * P;
-  w.ensure_cols(K * ld, C_in * ld);
+  w.ensure_cols(K * ld, C_in * ld, phase_planes_size(og));
   T* part = w.ensure_partials(ch.count, NP);
 #pragma omp parallel for schedule(dynamic, 1) if (conv_parallel(4.0 * B * C_in * K * P, ch.count))
   for (Index c = 0; c < ch.count; ++c) {
@@ -316,7 +516,7 @@ void conv_transpose2d_backward(T* dinp, T* dweight, T* dbias, const T* dout, con
       const Index b0 = ch.group_begin(gi), n = ch.group_len(gi);
       for (Index e = 0; e < n; ++e) {
         const T* dy = dout + (b0 + e) * N;
-        im2col(col + e * P, dy, og, ld);
+        im2col(col + e * P, dy, og, ld, w.planes());
         for (Index ci = 0; ci < C_in; ++ci) {
           const T* src = inp + ((b0 + e) * C_in + ci) * P;
           std::copy(src, src + P, x + ci * ld + e * P);
