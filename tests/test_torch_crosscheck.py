@@ -37,6 +37,12 @@ CASES = [
          kl="analytic", S=3, x_dim=6, z_dim=3, n=6, logvar_out_of_range=True),
     dict(hidden=(16,), activation="relu", likelihood="bernoulli", decoder_var="learned",
          kl="analytic", S=3, x_dim=10, z_dim=4, n=9),
+    # 32 rows or more: objective_grad splits the step into two halves of rows (vae.hpp: kSplitMinRows),
+    # one per thread; the odd count gives halves of 18 and 19 rows
+    dict(hidden=(16,), activation="tanh", likelihood="bernoulli", decoder_var="learned",
+         kl="mc", S=3, x_dim=8, z_dim=3, n=40),
+    dict(hidden=(32, 16), activation="softplus", likelihood="gaussian", decoder_var="learned",
+         kl="analytic", S=1, x_dim=10, z_dim=4, n=37, logvar_out_of_range=True),
 ]
 
 
@@ -153,7 +159,7 @@ def test_gradients_match_torch_autograd(case):
         assert_close(getattr(r, name), exp.numpy(), 1e-10, 1e-10, name)
 
 
-@pytest.mark.parametrize("case", [CASES[2], CASES[4], CASES[6]], ids=case_id)
+@pytest.mark.parametrize("case", [CASES[2], CASES[4], CASES[6], CASES[9], CASES[10]], ids=case_id)
 def test_objective_gradient_with_beta_and_free_bits_matches_torch(case):
     """fit's objective (beta = 0.7, free bits floor between the per-dimension batch-mean KLs,
     so both sides of the max are taken) and its gradient equal the reference's."""

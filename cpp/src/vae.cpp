@@ -173,35 +173,18 @@ ElboTerms VAE<T>::elbo(CMatRef<T> x, CMatRef<T> eps, Index S, KLMode kl) {
   return out;
 }
 
+// The rows' share of the backward (steps 1-4 of objective_grad) for x (B, D), eps (S·B, Z) and the
+// activations of forward(x, ...) in w: accumulates into grad (P) with the reconstruction weight
+// c_rec per row and the KL coefficients coef (Z), both those of the whole minibatch.
 template <class T>
-double VAE<T>::objective_grad(CMatRef<T> x, CMatRef<T> eps, Index S, KLMode kl, double beta, double free_bits,
-                              double scale, T* grad, ElboTerms* terms) {
-  check_cols("x", x.rows(), x.cols(), cfg_.x_dim);
-  if (S <= 0) fail("n_samples must be a positive integer, got " + std::to_string(S));
-  const Index B = x.rows(), Z = cfg_.z_dim, D = cfg_.x_dim, R = S * B;
-  check_shape("eps", eps.rows(), eps.cols(), R, Z);
-  std::lock_guard<std::mutex> lock(mutex_);
-  Work& w = work_;
+void VAE<T>::backward_rows(const T* x, Index B, const T* eps, Index S, KLMode kl, const double* coef, double c_rec,
+                           Work& w, T* grad) {
+  const Index Z = cfg_.z_dim, D = cfg_.x_dim, R = S * B;
   const T* p = params_.data();
-  ElboTerms t;
-  forward(x.data(), B, eps.data(), S, kl, w, t, true);
-
-  // The objective and the coefficient of each dimension's KL (free bits cut the gradient of a
-  // dimension whose batch-mean KL is below λ).
-  const Vec<double> kbar = t.kl_per_dim.colwise().mean().transpose();  // (Z)
-  std::vector<double> coef(static_cast<size_t>(Z));
-  double J = t.reconstruction.mean();
-  for (Index j = 0; j < Z; ++j) {
-    const bool floored = free_bits > 0 && kbar[j] < free_bits;
-    J -= beta * (floored ? free_bits : kbar[j]);
-    coef[size_t(j)] = floored ? 0.0 : -beta * scale / double(B);
-  }
-
-  // 1. reconstruction: ∂J/∂logp[r] = 1/(S·B) for every row
-  const double c_rec = scale / double(R);
+  // 1. reconstruction: ∂J/∂logp[r] = c_rec for every row
   w.dout.resize(R, D);
   if (lik_ == Likelihood::Bernoulli) {
-    bernoulli_logpdf_backward(w.dout.data(), c_rec, x.data(), w.sig.data(), R, B, D);
+    bernoulli_logpdf_backward(w.dout.data(), c_rec, x, w.sig.data(), R, B, D);
   } else {
     const Vec<T> lvx = clamped_logvar();
     T* dlvx = nullptr;
@@ -210,7 +193,7 @@ double VAE<T>::objective_grad(CMatRef<T> x, CMatRef<T> eps, Index S, KLMode kl, 
       dlv_raw = Vec<T>::Zero(D);
       dlvx = dlv_raw.data();
     }
-    gaussian_logpdf_backward(w.dout.data(), dlvx, c_rec, x.data(), w.out, lvx.data(), R, B, D);
+    gaussian_logpdf_backward(w.dout.data(), dlvx, c_rec, x, w.out, lvx.data(), R, B, D);
     if (dlvx)  // the clamp passes the gradient only inside [min, max]
       for (Index j = 0; j < D; ++j) {
         const double raw = double(p[dec_lv_ + j]);
@@ -223,13 +206,85 @@ double VAE<T>::objective_grad(CMatRef<T> x, CMatRef<T> eps, Index S, KLMode kl, 
   // 3. through the sample to (mu, lv) (B, Z), then the KL term's own gradient
   w.dmu.setZero(B, Z);
   w.dlv.setZero(B, Z);
-  reparam_backward(w.dmu.data(), w.dlv.data(), w.dz.data(), eps.data(), w.sigma.data(), S, B, Z);
+  reparam_backward(w.dmu.data(), w.dlv.data(), w.dz.data(), eps, w.sigma.data(), S, B, Z);
   if (kl == KLMode::Analytic)
-    kl_std_normal_backward(w.dmu.data(), w.dlv.data(), coef.data(), w.mu.data(), w.lv.data(), B, Z);
+    kl_std_normal_backward(w.dmu.data(), w.dlv.data(), coef, w.mu.data(), w.lv.data(), B, Z);
   else
-    kl_mc_backward(w.dmu.data(), w.dlv.data(), coef.data(), w.z.data(), eps.data(), w.sigma.data(), S, B, Z);
+    kl_mc_backward(w.dmu.data(), w.dlv.data(), coef, w.z.data(), eps, w.sigma.data(), S, B, Z);
   // 4. encoder: both heads, then the trunk (no gradient with respect to x)
-  encoder_backward_raw(x.data(), B, w.dmu.data(), w.dlv.data(), w, grad);
+  encoder_backward_raw(x, B, w.dmu.data(), w.dlv.data(), w, grad);
+}
+
+template <class T>
+double VAE<T>::objective_grad(CMatRef<T> x, CMatRef<T> eps, Index S, KLMode kl, double beta, double free_bits,
+                              double scale, T* grad, ElboTerms* terms) {
+  check_cols("x", x.rows(), x.cols(), cfg_.x_dim);
+  if (S <= 0) fail("n_samples must be a positive integer, got " + std::to_string(S));
+  const Index B = x.rows(), Z = cfg_.z_dim, D = cfg_.x_dim, R = S * B;
+  check_shape("eps", eps.rows(), eps.cols(), R, Z);
+  std::lock_guard<std::mutex> lock(mutex_);
+  const Index P = layout_.total;
+  // A small step (whose products are all below the parallel threshold, so that one core would do
+  // everything) is split into two halves of rows, each forward and backward on one thread with its
+  // own work buffers and gradient, added in half order. The split depends on the shape alone.
+  const int halves = (B >= 2 * kSplitMinRows && 6.0 * double(R) * double(P) < kSplitStepFlops) ? 2 : 1;
+  Index lo[3] = {0, B, B};
+  if (halves == 2) lo[1] = B / 2;
+  Mat<T> eps_h[2];  // S > 1: the half's rows of eps, (S·n_h, Z), row s·n_h + b
+  const T* e_h[2] = {eps.data(), eps.data()};
+  for (int h = 0; h < halves; ++h) {
+    const Index n = lo[h + 1] - lo[h];
+    if (S == 1) {
+      e_h[h] = eps.data() + lo[h] * Z;
+    } else if (halves == 2) {
+      eps_h[h].resize(S * n, Z);
+      for (Index s = 0; s < S; ++s) eps_h[h].middleRows(s * n, n) = eps.middleRows(s * B + lo[h], n);
+      e_h[h] = eps_h[h].data();
+    }
+  }
+  Work* w_h[2] = {&work_, &work2_};
+  ElboTerms t, t_h[2];
+  if (halves == 1) {
+    forward(x.data(), B, eps.data(), S, kl, work_, t, true);
+  } else {
+#pragma omp parallel for schedule(static, 1)
+    for (int h = 0; h < 2; ++h)
+      forward(x.data() + lo[h] * D, lo[h + 1] - lo[h], e_h[h], S, kl, *w_h[h], t_h[h], true);
+    t.reconstruction.resize(B);
+    t.kl.resize(B);
+    t.kl_per_dim.resize(B, Z);
+    for (int h = 0; h < 2; ++h) {
+      const Index n = lo[h + 1] - lo[h];
+      t.reconstruction.segment(lo[h], n) = t_h[h].reconstruction;
+      t.kl.segment(lo[h], n) = t_h[h].kl;
+      t.kl_per_dim.middleRows(lo[h], n) = t_h[h].kl_per_dim;
+    }
+  }
+
+  // The objective and the coefficient of each dimension's KL (free bits cut the gradient of a
+  // dimension whose batch-mean KL is below λ).
+  const Vec<double> kbar = t.kl_per_dim.colwise().mean().transpose();  // (Z)
+  std::vector<double> coef(static_cast<size_t>(Z));
+  double J = t.reconstruction.mean();
+  for (Index j = 0; j < Z; ++j) {
+    const bool floored = free_bits > 0 && kbar[j] < free_bits;
+    J -= beta * (floored ? free_bits : kbar[j]);
+    coef[size_t(j)] = floored ? 0.0 : -beta * scale / double(B);
+  }
+  const double c_rec = scale / double(R);  // ∂J/∂logp[r] = 1/(S·B) for every row
+  if (halves == 1) {
+    backward_rows(x.data(), B, eps.data(), S, kl, coef.data(), c_rec, work_, grad);
+  } else {
+#pragma omp parallel for schedule(static, 1)
+    for (int h = 0; h < 2; ++h) {
+      grad_h_[h].setZero(P);
+      backward_rows(x.data() + lo[h] * D, lo[h + 1] - lo[h], e_h[h], S, kl, coef.data(), c_rec, *w_h[h],
+                    grad_h_[h].data());
+    }
+    const T* g0 = grad_h_[0].data();
+    const T* g1 = grad_h_[1].data();
+    for (Index i = 0; i < P; ++i) grad[i] += g0[i] + g1[i];
+  }
   if (terms) *terms = std::move(t);
   return J;
 }

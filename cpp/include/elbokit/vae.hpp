@@ -22,6 +22,11 @@ namespace elbokit {
 // The Gaussian decoder's log-variance is clamped to this range (torch.clamp semantics: the gradient
 // is zero outside it) so that no exp overflows (MATH.md §1).
 constexpr double kDecoderLogvarMin = -10.0, kDecoderLogvarMax = 10.0;
+// objective_grad splits a minibatch into two halves of rows, one per thread, when the step's
+// products (about 6·rows·parameters FLOPs) are below kSplitStepFlops, so small that the layers
+// would run on one core, and each half has at least kSplitMinRows rows.
+constexpr double kSplitStepFlops = 64.0e6;
+constexpr Index kSplitMinRows = 16;
 
 // The Gaussian decoder's log-variance (D), clamped: the learned one (raw, D) or log(fixed_var).
 template <class T>
@@ -121,6 +126,8 @@ class VAE {
   void forward(const T* x, Index B, const T* eps, Index S, KLMode kl, Work& w, ElboTerms& t, bool for_grad);
   void encode_raw(const T* x, Index B, Work& w);
   void encoder_backward_raw(const T* x, Index B, const T* dmu, const T* dlv, Work& w, T* grad);
+  void backward_rows(const T* x, Index B, const T* eps, Index S, KLMode kl, const double* coef, double c_rec,
+                     Work& w, T* grad);
   Vec<T> clamped_logvar() const;
 
   VAEConfig cfg_;
@@ -130,7 +137,8 @@ class VAE {
   Dense mu_, lv_;           // q's heads on the encoder's features
   Index dec_lv_ = -1;  // offset of decoder.logvar, −1 when absent
   Vec<T> params_;      // (P)
-  Work work_;
+  Work work_, work2_;          // work2_: the second half of a split step (objective_grad)
+  Vec<T> grad_h_[2];           // the halves' gradients (P)
   std::vector<Scratch> pool_;  // one per thread
   std::mutex mutex_;   // one call at a time per model: the work buffers are shared
 };
