@@ -228,39 +228,22 @@ HElboTerms HVAE<T>::elbo(CMatRef<T> x, const T* eps, Index S, KLMode kl) {
   return out;
 }
 
+// The rows' share of the backward (steps 1-3 of objective_grad) for x (B, D), eps (level-blocked,
+// S·B rows) and the activations of forward(x, ...) in w: accumulates into grad (P) with the
+// reconstruction weight c_rec per row and the level coefficients c (L) of the whole minibatch.
 template <class T>
-double HVAE<T>::objective_grad(CMatRef<T> x, const T* eps, Index S, KLMode kl, double beta, double free_bits,
-                               double scale, T* grad, HElboTerms* terms) {
-  check_cols("x", x.rows(), x.cols(), cfg_.x_dim);
-  if (S <= 0) fail("n_samples must be a positive integer, got " + std::to_string(S));
-  std::lock_guard<std::mutex> lock(mutex_);
-  const Index B = x.rows(), D = cfg_.x_dim, R = S * B;
+void HVAE<T>::backward_rows(const T* x, Index B, const T* eps, Index S, KLMode kl, const std::vector<double>& c,
+                            double c_rec, Work& w, T* grad) {
+  const Index D = cfg_.x_dim, R = S * B;
   const T* p = params_.data();
-  Work& w = work_;
-  HElboTerms t;
-  forward(x.data(), B, eps, S, kl, w);
-  collect(B, S, w, t);
-
-  // The objective and ∂(scale·J)/∂kl_levels[b, l] = c[l] (free bits cut a level whose batch-mean
-  // term is below λ, MATH.md §2).
-  const Vec<double> kbar = t.kl_levels.colwise().mean().transpose();  // (L)
-  std::vector<double> c(static_cast<size_t>(L_));
-  double J = t.reconstruction.mean();
-  for (Index l = 0; l < L_; ++l) {
-    const bool floored = free_bits > 0 && kbar[l] < free_bits;
-    J -= beta * (floored ? free_bits : kbar[l]);
-    c[size_t(l)] = floored ? 0.0 : -beta * scale / double(B);
-  }
-
-  // 1. reconstruction: ∂J/∂logp[r] = 1/(S·B); back through p(x|z_1) to dz of level 0
-  const double c_rec = scale / double(R);
+  // 1. reconstruction: ∂J/∂logp[r] = c_rec; back through p(x|z_1) to dz of level 0
   w.dout.resize(R, D);
   if (lik_ == Likelihood::Bernoulli) {
-    bernoulli_logpdf_backward(w.dout.data(), c_rec, x.data(), w.sig.data(), R, B, D);
+    bernoulli_logpdf_backward(w.dout.data(), c_rec, x, w.sig.data(), R, B, D);
   } else {
     const Vec<T> lvx = clamped_logvar();
     Vec<T> dlv_raw = Vec<T>::Zero(D);
-    gaussian_logpdf_backward(w.dout.data(), dec_lv_ >= 0 ? dlv_raw.data() : nullptr, c_rec, x.data(), w.out,
+    gaussian_logpdf_backward(w.dout.data(), dec_lv_ >= 0 ? dlv_raw.data() : nullptr, c_rec, x, w.out,
                              lvx.data(), R, B, D);
     if (dec_lv_ >= 0)  // the clamp passes the gradient only inside [min, max]
       for (Index j = 0; j < D; ++j) {
@@ -351,6 +334,68 @@ double HVAE<T>::objective_grad(CMatRef<T> x, const T* eps, Index S, KLMode kl, d
       enc_[size_t(l)].backward(p, grad, v.in, B, v.enc, v.dmud.data(), v.dlvd.data(), v.dh.data(),
                                l == 0 ? nullptr : w.lv[size_t(l - 1)].dh.data());
     }
+  }
+}
+
+template <class T>
+double HVAE<T>::objective_grad(CMatRef<T> x, const T* eps, Index S, KLMode kl, double beta, double free_bits,
+                               double scale, T* grad, HElboTerms* terms) {
+  check_cols("x", x.rows(), x.cols(), cfg_.x_dim);
+  if (S <= 0) fail("n_samples must be a positive integer, got " + std::to_string(S));
+  std::lock_guard<std::mutex> lock(mutex_);
+  const Index B = x.rows(), D = cfg_.x_dim, R = S * B;
+  const Index P = layout_.total;
+  // A small step (its products below the parallel threshold: one core would do everything) is
+  // split into two halves of rows, each forward and backward on one thread with its own work
+  // buffers, noise and gradient, added in half order (as VAE::objective_grad; vae.hpp: kSplit*).
+  const int halves = (B >= 2 * kSplitMinRows && 6.0 * double(R) * double(P) < kSplitStepFlops) ? 2 : 1;
+  const Index lo[3] = {0, halves == 2 ? B / 2 : B, B};
+  Mat<T> eps_h[2];
+  Work* w_h[2] = {&work_, &work2_};
+  HElboTerms t;
+  if (halves == 1) {
+    forward(x.data(), B, eps, S, kl, work_);
+    collect(B, S, work_, t);
+  } else {
+    HElboTerms t_h[2];
+    for (int h = 0; h < 2; ++h) eps_chunk(eps_h[h], eps, S, B, lo[h], lo[h + 1] - lo[h], zoff_);
+#pragma omp parallel for schedule(static, 1)
+    for (int h = 0; h < 2; ++h) {
+      forward(x.data() + lo[h] * D, lo[h + 1] - lo[h], eps_h[h].data(), S, kl, *w_h[h]);
+      collect(lo[h + 1] - lo[h], S, *w_h[h], t_h[h]);
+    }
+    t.reconstruction.resize(B);
+    t.kl_levels.resize(B, L_);
+    for (int h = 0; h < 2; ++h) {
+      t.reconstruction.segment(lo[h], lo[h + 1] - lo[h]) = t_h[h].reconstruction;
+      t.kl_levels.middleRows(lo[h], lo[h + 1] - lo[h]) = t_h[h].kl_levels;
+    }
+  }
+
+  // The objective and ∂(scale·J)/∂kl_levels[b, l] = c[l] (free bits cut a level whose batch-mean
+  // term is below λ, MATH.md §2).
+  const Vec<double> kbar = t.kl_levels.colwise().mean().transpose();  // (L)
+  std::vector<double> c(static_cast<size_t>(L_));
+  double J = t.reconstruction.mean();
+  for (Index l = 0; l < L_; ++l) {
+    const bool floored = free_bits > 0 && kbar[l] < free_bits;
+    J -= beta * (floored ? free_bits : kbar[l]);
+    c[size_t(l)] = floored ? 0.0 : -beta * scale / double(B);
+  }
+
+  const double c_rec = scale / double(R);  // ∂J/∂logp[r] = 1/(S·B) for every row
+  if (halves == 1) {
+    backward_rows(x.data(), B, eps, S, kl, c, c_rec, work_, grad);
+  } else {
+#pragma omp parallel for schedule(static, 1)
+    for (int h = 0; h < 2; ++h) {
+      grad_h_[h].setZero(P);
+      backward_rows(x.data() + lo[h] * D, lo[h + 1] - lo[h], eps_h[h].data(), S, kl, c, c_rec, *w_h[h],
+                    grad_h_[h].data());
+    }
+    const T* g0 = grad_h_[0].data();
+    const T* g1 = grad_h_[1].data();
+    for (Index i = 0; i < P; ++i) grad[i] += g0[i] + g1[i];
   }
   if (terms) *terms = std::move(t);
   return J;

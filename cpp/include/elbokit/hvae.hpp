@@ -206,6 +206,8 @@ class HVAE {
   void forward(const T* x, Index B, const T* eps, Index S, KLMode kl, Work& w, bool posterior_only = false);
   // collect: per-example means over the S samples of w's per-row terms.
   void collect(Index B, Index S, const Work& w, HElboTerms& t) const;
+  void backward_rows(const T* x, Index B, const T* eps, Index S, KLMode kl, const std::vector<double>& c,
+                     double c_rec, Work& w, T* grad);
   const T* level_eps(const T* eps, Index rows, Index l) const { return eps + rows * zoff_[size_t(l)]; }
   bool q_shared(Index l) const {  // q of level l is a function of x alone (shared by the S samples)
     return structure_ == Structure::Markov ? l == 0 : l == L_ - 1;
@@ -223,7 +225,8 @@ class HVAE {
   ModulePtr<T> dec_;                   // p(x|z_1): z_1 (R, Z_1) → logits or means (R, D)
   Index dec_lv_ = -1;
   Vec<T> params_;  // (P)
-  Work work_;
+  Work work_, work2_;  // work2_: the second half of a split step (objective_grad)
+  Vec<T> grad_h_[2];   // the halves' gradients (P)
   std::vector<Scratch> pool_;  // one per thread
   std::mutex mutex_;
 };
