@@ -45,7 +45,7 @@ def test_names_terms_and_gradients_match_torch(case):
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_split_step_terms_and_gradients_match_torch(case):
     """37 rows: objective_grad splits the step into halves of 18 and 19 rows, one per thread
-    (vae.hpp: kSplitMinRows); the terms and the gradients still equal autograd's on the whole batch."""
+    (common.hpp: RowHalves); the terms and the gradients still equal autograd's on the whole batch."""
     h, x, eps = build(case, n=37)
     ref = TorchHVAE.from_elbokit(h)
     r, grads = h.elbo_grad(x, eps=eps, kl=case["kl"])

@@ -37,7 +37,7 @@ CASES = [
          kl="analytic", S=3, x_dim=6, z_dim=3, n=6, logvar_out_of_range=True),
     dict(hidden=(16,), activation="relu", likelihood="bernoulli", decoder_var="learned",
          kl="analytic", S=3, x_dim=10, z_dim=4, n=9),
-    # 32 rows or more: objective_grad splits the step into two halves of rows (vae.hpp: kSplitMinRows),
+    # 32 rows or more: objective_grad splits the step into two halves of rows (common.hpp: RowHalves),
     # one per thread; the odd count gives halves of 18 and 19 rows
     dict(hidden=(16,), activation="tanh", likelihood="bernoulli", decoder_var="learned",
          kl="mc", S=3, x_dim=8, z_dim=3, n=40),

@@ -345,11 +345,11 @@ double HVAE<T>::objective_grad(CMatRef<T> x, const T* eps, Index S, KLMode kl, d
   std::lock_guard<std::mutex> lock(mutex_);
   const Index B = x.rows(), D = cfg_.x_dim, R = S * B;
   const Index P = layout_.total;
-  // A small step (its products below the parallel threshold: one core would do everything) is
-  // split into two halves of rows, each forward and backward on one thread with its own work
-  // buffers, noise and gradient, added in half order (as VAE::objective_grad; vae.hpp: kSplit*).
-  const int halves = (B >= 2 * kSplitMinRows && 6.0 * double(R) * double(P) < kSplitStepFlops) ? 2 : 1;
-  const Index lo[3] = {0, halves == 2 ? B / 2 : B, B};
+  // A small step runs as two halves of rows, one per thread, each with its own noise (common.hpp:
+  // RowHalves).
+  const RowHalves hv(B, R, P);
+  const int halves = hv.count;
+  const Index* lo = hv.lo;
   Mat<T> eps_h[2];
   Work* w_h[2] = {&work_, &work2_};
   HElboTerms t;
@@ -358,17 +358,16 @@ double HVAE<T>::objective_grad(CMatRef<T> x, const T* eps, Index S, KLMode kl, d
     collect(B, S, work_, t);
   } else {
     HElboTerms t_h[2];
-    for (int h = 0; h < 2; ++h) eps_chunk(eps_h[h], eps, S, B, lo[h], lo[h + 1] - lo[h], zoff_);
-#pragma omp parallel for schedule(static, 1)
-    for (int h = 0; h < 2; ++h) {
-      forward(x.data() + lo[h] * D, lo[h + 1] - lo[h], eps_h[h].data(), S, kl, *w_h[h]);
-      collect(lo[h + 1] - lo[h], S, *w_h[h], t_h[h]);
-    }
+    for (int h = 0; h < 2; ++h) eps_chunk(eps_h[h], eps, S, B, lo[h], hv.size(h), zoff_);
+    RowHalves::run([&](int h) {
+      forward(x.data() + lo[h] * D, hv.size(h), eps_h[h].data(), S, kl, *w_h[h]);
+      collect(hv.size(h), S, *w_h[h], t_h[h]);
+    });
     t.reconstruction.resize(B);
     t.kl_levels.resize(B, L_);
     for (int h = 0; h < 2; ++h) {
-      t.reconstruction.segment(lo[h], lo[h + 1] - lo[h]) = t_h[h].reconstruction;
-      t.kl_levels.middleRows(lo[h], lo[h + 1] - lo[h]) = t_h[h].kl_levels;
+      t.reconstruction.segment(lo[h], hv.size(h)) = t_h[h].reconstruction;
+      t.kl_levels.middleRows(lo[h], hv.size(h)) = t_h[h].kl_levels;
     }
   }
 
@@ -387,15 +386,11 @@ double HVAE<T>::objective_grad(CMatRef<T> x, const T* eps, Index S, KLMode kl, d
   if (halves == 1) {
     backward_rows(x.data(), B, eps, S, kl, c, c_rec, work_, grad);
   } else {
-#pragma omp parallel for schedule(static, 1)
-    for (int h = 0; h < 2; ++h) {
+    RowHalves::run([&](int h) {
       grad_h_[h].setZero(P);
-      backward_rows(x.data() + lo[h] * D, lo[h + 1] - lo[h], eps_h[h].data(), S, kl, c, c_rec, *w_h[h],
-                    grad_h_[h].data());
-    }
-    const T* g0 = grad_h_[0].data();
-    const T* g1 = grad_h_[1].data();
-    for (Index i = 0; i < P; ++i) grad[i] += g0[i] + g1[i];
+      backward_rows(x.data() + lo[h] * D, hv.size(h), eps_h[h].data(), S, kl, c, c_rec, *w_h[h], grad_h_[h].data());
+    });
+    RowHalves::add(grad, grad_h_[0].data(), grad_h_[1].data(), P);
   }
   if (terms) *terms = std::move(t);
   return J;

@@ -224,16 +224,14 @@ double VAE<T>::objective_grad(CMatRef<T> x, CMatRef<T> eps, Index S, KLMode kl, 
   check_shape("eps", eps.rows(), eps.cols(), R, Z);
   std::lock_guard<std::mutex> lock(mutex_);
   const Index P = layout_.total;
-  // A small step (whose products are all below the parallel threshold, so that one core would do
-  // everything) is split into two halves of rows, each forward and backward on one thread with its
-  // own work buffers and gradient, added in half order. The split depends on the shape alone.
-  const int halves = (B >= 2 * kSplitMinRows && 6.0 * double(R) * double(P) < kSplitStepFlops) ? 2 : 1;
-  Index lo[3] = {0, B, B};
-  if (halves == 2) lo[1] = B / 2;
+  // A small step runs as two halves of rows, one per thread (common.hpp: RowHalves).
+  const RowHalves hv(B, R, P);
+  const int halves = hv.count;
+  const Index* lo = hv.lo;
   Mat<T> eps_h[2];  // S > 1: the half's rows of eps, (S·n_h, Z), row s·n_h + b
   const T* e_h[2] = {eps.data(), eps.data()};
   for (int h = 0; h < halves; ++h) {
-    const Index n = lo[h + 1] - lo[h];
+    const Index n = hv.size(h);
     if (S == 1) {
       e_h[h] = eps.data() + lo[h] * Z;
     } else if (halves == 2) {
@@ -247,14 +245,12 @@ double VAE<T>::objective_grad(CMatRef<T> x, CMatRef<T> eps, Index S, KLMode kl, 
   if (halves == 1) {
     forward(x.data(), B, eps.data(), S, kl, work_, t, true);
   } else {
-#pragma omp parallel for schedule(static, 1)
-    for (int h = 0; h < 2; ++h)
-      forward(x.data() + lo[h] * D, lo[h + 1] - lo[h], e_h[h], S, kl, *w_h[h], t_h[h], true);
+    RowHalves::run([&](int h) { forward(x.data() + lo[h] * D, hv.size(h), e_h[h], S, kl, *w_h[h], t_h[h], true); });
     t.reconstruction.resize(B);
     t.kl.resize(B);
     t.kl_per_dim.resize(B, Z);
     for (int h = 0; h < 2; ++h) {
-      const Index n = lo[h + 1] - lo[h];
+      const Index n = hv.size(h);
       t.reconstruction.segment(lo[h], n) = t_h[h].reconstruction;
       t.kl.segment(lo[h], n) = t_h[h].kl;
       t.kl_per_dim.middleRows(lo[h], n) = t_h[h].kl_per_dim;
@@ -275,15 +271,11 @@ double VAE<T>::objective_grad(CMatRef<T> x, CMatRef<T> eps, Index S, KLMode kl, 
   if (halves == 1) {
     backward_rows(x.data(), B, eps.data(), S, kl, coef.data(), c_rec, work_, grad);
   } else {
-#pragma omp parallel for schedule(static, 1)
-    for (int h = 0; h < 2; ++h) {
+    RowHalves::run([&](int h) {
       grad_h_[h].setZero(P);
-      backward_rows(x.data() + lo[h] * D, lo[h + 1] - lo[h], e_h[h], S, kl, coef.data(), c_rec, *w_h[h],
-                    grad_h_[h].data());
-    }
-    const T* g0 = grad_h_[0].data();
-    const T* g1 = grad_h_[1].data();
-    for (Index i = 0; i < P; ++i) grad[i] += g0[i] + g1[i];
+      backward_rows(x.data() + lo[h] * D, hv.size(h), e_h[h], S, kl, coef.data(), c_rec, *w_h[h], grad_h_[h].data());
+    });
+    RowHalves::add(grad, grad_h_[0].data(), grad_h_[1].data(), P);
   }
   if (terms) *terms = std::move(t);
   return J;

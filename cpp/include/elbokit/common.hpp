@@ -111,4 +111,33 @@ void for_row_chunks(Index n, Index chunk, F&& f) {
   for (Index c = 0; c < nc; ++c) f(c * chunk, std::min(chunk, n - c * chunk), thread_slot());
 }
 
+// Small training steps on both cores (the VAE's and HVAE's objective_grad). A step whose products
+// are all below kParallelFlops runs on one core while the other waits. Such a step (about
+// 6·rows·parameters FLOPs under kSplitStepFlops, at least kSplitMinRows rows per half) is cut into
+// two halves of rows, each forward and backward on one thread with its own work buffers and
+// gradient; the two gradients are added in half order. The cut depends on the shape alone.
+constexpr double kSplitStepFlops = 64.0e6;
+constexpr Index kSplitMinRows = 16;
+struct RowHalves {
+  int count = 1;       // 1: no split
+  Index lo[3] = {0, 0, 0};  // half h is rows [lo[h], lo[h + 1])
+  RowHalves(Index B, Index rows, Index params) {
+    count = B >= 2 * kSplitMinRows && 6.0 * double(rows) * double(params) < kSplitStepFlops ? 2 : 1;
+    lo[1] = count == 2 ? B / 2 : B;
+    lo[2] = B;
+  }
+  Index size(int h) const { return lo[h + 1] - lo[h]; }
+  // f(h) for h = 0, 1, one half per thread
+  template <class F>
+  static void run(F&& f) {
+#pragma omp parallel for schedule(static, 1)
+    for (int h = 0; h < 2; ++h) f(h);
+  }
+  // grad (P) += the halves' gradients g0, g1, in half order
+  template <class T>
+  static void add(T* grad, const T* g0, const T* g1, Index P) {
+    for (Index i = 0; i < P; ++i) grad[i] += g0[i] + g1[i];
+  }
+};
+
 }  // namespace elbokit

@@ -22,11 +22,6 @@ namespace elbokit {
 // The Gaussian decoder's log-variance is clamped to this range (torch.clamp semantics: the gradient
 // is zero outside it) so that no exp overflows (MATH.md §1).
 constexpr double kDecoderLogvarMin = -10.0, kDecoderLogvarMax = 10.0;
-// objective_grad splits a minibatch into two halves of rows, one per thread, when the step's
-// products (about 6·rows·parameters FLOPs) are below kSplitStepFlops, so small that the layers
-// would run on one core, and each half has at least kSplitMinRows rows.
-constexpr double kSplitStepFlops = 64.0e6;
-constexpr Index kSplitMinRows = 16;
 
 // The Gaussian decoder's log-variance (D), clamped: the learned one (raw, D) or log(fixed_var).
 template <class T>
