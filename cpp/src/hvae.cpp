@@ -371,16 +371,10 @@ double HVAE<T>::objective_grad(CMatRef<T> x, const T* eps, Index S, KLMode kl, d
     }
   }
 
-  // The objective and ∂(scale·J)/∂kl_levels[b, l] = c[l] (free bits cut a level whose batch-mean
-  // term is below λ, MATH.md §2).
+  // The objective and ∂(scale·J)/∂kl_levels[b, l] = c[l] (vae.hpp: kl_objective).
   const Vec<double> kbar = t.kl_levels.colwise().mean().transpose();  // (L)
-  std::vector<double> c(static_cast<size_t>(L_));
-  double J = t.reconstruction.mean();
-  for (Index l = 0; l < L_; ++l) {
-    const bool floored = free_bits > 0 && kbar[l] < free_bits;
-    J -= beta * (floored ? free_bits : kbar[l]);
-    c[size_t(l)] = floored ? 0.0 : -beta * scale / double(B);
-  }
+  std::vector<double> c;
+  const double J = kl_objective(t.reconstruction.mean(), kbar, beta, free_bits, scale, B, c);
 
   const double c_rec = scale / double(R);  // ∂J/∂logp[r] = 1/(S·B) for every row
   if (halves == 1) {

@@ -257,16 +257,10 @@ double VAE<T>::objective_grad(CMatRef<T> x, CMatRef<T> eps, Index S, KLMode kl, 
     }
   }
 
-  // The objective and the coefficient of each dimension's KL (free bits cut the gradient of a
-  // dimension whose batch-mean KL is below λ).
+  // The objective and the coefficient of each dimension's KL (vae.hpp: kl_objective).
   const Vec<double> kbar = t.kl_per_dim.colwise().mean().transpose();  // (Z)
-  std::vector<double> coef(static_cast<size_t>(Z));
-  double J = t.reconstruction.mean();
-  for (Index j = 0; j < Z; ++j) {
-    const bool floored = free_bits > 0 && kbar[j] < free_bits;
-    J -= beta * (floored ? free_bits : kbar[j]);
-    coef[size_t(j)] = floored ? 0.0 : -beta * scale / double(B);
-  }
+  std::vector<double> coef;
+  const double J = kl_objective(t.reconstruction.mean(), kbar, beta, free_bits, scale, B, coef);
   const double c_rec = scale / double(R);  // ∂J/∂logp[r] = 1/(S·B) for every row
   if (halves == 1) {
     backward_rows(x.data(), B, eps.data(), S, kl, coef.data(), c_rec, work_, grad);

@@ -58,6 +58,23 @@ struct ElboTerms {
   Mat<double> kl_per_dim;          // (B, Z)
 };
 
+// The training objective from the reconstruction term's batch mean and the batch-mean KL of each
+// group j (a latent dimension of the VAE, a level of the HVAE), kbar (n):
+//   J = rec_mean − β Σ_j F(kbar_j),  F(k) = max(λ, k) when λ = free_bits > 0, F(k) = k otherwise
+// (MATH.md §2); coef (n) gets ∂(scale·J)/∂(one example's KL of group j): 0 where the floor holds
+// (free bits cut that group's gradient), −β·scale/B otherwise.
+inline double kl_objective(double rec_mean, const Vec<double>& kbar, double beta, double free_bits, double scale,
+                           Index B, std::vector<double>& coef) {
+  coef.resize(size_t(kbar.size()));
+  double J = rec_mean;
+  for (Index j = 0; j < kbar.size(); ++j) {
+    const bool floored = free_bits > 0 && kbar[j] < free_bits;
+    J -= beta * (floored ? free_bits : kbar[j]);
+    coef[size_t(j)] = floored ? 0.0 : -beta * scale / double(B);
+  }
+  return J;
+}
+
 template <class T>
 class VAE {
  public:
