@@ -437,19 +437,26 @@ template <class T>
 void HVAE<T>::encode(CMatRef<T> x, const T* eps, std::vector<Mat<T>>& mu, std::vector<Mat<T>>& logvar) {
   check_cols("x", x.rows(), x.cols(), cfg_.x_dim);
   std::lock_guard<std::mutex> lock(mutex_);
-  const Index B = x.rows();
-  Mat<T> zeros;
-  if (!eps) {
-    zeros.setZero(B * ztot_, 1);
-    eps = zeros.data();
-  }
-  forward(x.data(), B, eps, 1, KLMode::Analytic, work_, /*posterior_only=*/true);
+  const Index N = x.rows();
   mu.resize(size_t(L_));
   logvar.resize(size_t(L_));
   for (Index l = 0; l < L_; ++l) {
-    mu[size_t(l)] = work_.lv[size_t(l)].mu;
-    logvar[size_t(l)] = work_.lv[size_t(l)].lv;
+    mu[size_t(l)].resize(N, cfg_.z_dims[size_t(l)]);
+    logvar[size_t(l)].resize(N, cfg_.z_dims[size_t(l)]);
   }
+  // Chunks of kPipelineRows rows, each through q's networks on one thread (common.hpp: row-chunk
+  // pipelines): the activations held are one chunk's per thread, not all N rows'.
+  pool_.resize(size_t(max_threads()));
+  for_row_chunks(N, kPipelineRows, [&](Index b0, Index bc, int slot) {
+    Scratch& sc = pool_[size_t(slot)];
+    if (eps) eps_chunk(sc.eps, eps, 1, N, b0, bc, zoff_);
+    else sc.eps.setZero(bc * ztot_, 1);
+    forward(x.data() + b0 * cfg_.x_dim, bc, sc.eps.data(), 1, KLMode::Analytic, sc.w, /*posterior_only=*/true);
+    for (Index l = 0; l < L_; ++l) {
+      mu[size_t(l)].middleRows(b0, bc) = sc.w.lv[size_t(l)].mu;
+      logvar[size_t(l)].middleRows(b0, bc) = sc.w.lv[size_t(l)].lv;
+    }
+  });
 }
 
 template <class T>
@@ -459,17 +466,21 @@ Mat<T> HVAE<T>::decode(CMatRef<T> z, Index level, bool mean) {
   check_cols("z", z.rows(), z.cols(), cfg_.z_dims[size_t(level - 1)]);
   std::lock_guard<std::mutex> lock(mutex_);
   const T* p = params_.data();
-  const Index B = z.rows();
-  Mat<T> cur = z, pm, plv;
-  GaussianNetCache<T> c;
-  for (Index l = level - 1; l >= 1; --l) {  // z of level l -> the prior's mean at level l−1
-    pm.resize(B, cfg_.z_dims[size_t(l - 1)]);
-    plv.resize(B, cfg_.z_dims[size_t(l - 1)]);
-    prior_[size_t(l)].forward(p, cur.data(), B, c, pm.data(), plv.data());
-    cur = pm;
-  }
-  Cache dc;
-  Mat<T> out = CMatMap<T>(dec_->forward(p, cur.data(), nullptr, B, dc), B, cfg_.x_dim);
+  const Index N = z.rows(), D = cfg_.x_dim;
+  Mat<T> out(N, D);
+  // Chunks of kPipelineRows rows, one per thread at a time, as encode.
+  std::vector<GaussianNetCache<T>> pc(static_cast<size_t>(max_threads()));
+  std::vector<Cache> dc(pc.size());
+  for_row_chunks(N, kPipelineRows, [&](Index b0, Index B, int slot) {
+    Mat<T> cur = z.middleRows(b0, B), pm, plv;
+    for (Index l = level - 1; l >= 1; --l) {  // z of level l -> the prior's mean at level l−1
+      pm.resize(B, cfg_.z_dims[size_t(l - 1)]);
+      plv.resize(B, cfg_.z_dims[size_t(l - 1)]);
+      prior_[size_t(l)].forward(p, cur.data(), B, pc[size_t(slot)], pm.data(), plv.data());
+      cur = pm;
+    }
+    out.middleRows(b0, B) = CMatMap<T>(dec_->forward(p, cur.data(), nullptr, B, dc[size_t(slot)]), B, D);
+  });
   if (mean && lik_ == Likelihood::Bernoulli) out = out.unaryExpr([](T a) { return sigmoid(a); });
   return out;
 }

@@ -62,9 +62,19 @@ template <class T>
 void VAE<T>::encode(CMatRef<T> x, Mat<T>& mu, Mat<T>& logvar) {
   check_cols("x", x.rows(), x.cols(), cfg_.x_dim);
   std::lock_guard<std::mutex> lock(mutex_);
-  encode_raw(x.data(), x.rows(), work_);
-  mu = work_.mu;
-  logvar = work_.lv;
+  const Index N = x.rows(), Z = cfg_.z_dim, D = cfg_.x_dim;
+  mu.resize(N, Z);
+  logvar.resize(N, Z);
+  // Chunks of kPipelineRows rows, each through the encoder on one thread (common.hpp: row-chunk
+  // pipelines): the activations held are one chunk's per thread, not all N rows' (a conv encoder
+  // holds 75 KB per row).
+  pool_.resize(size_t(max_threads()));
+  for_row_chunks(N, kPipelineRows, [&](Index b0, Index bc, int slot) {
+    Work& w = pool_[size_t(slot)].w;
+    encode_raw(x.data() + b0 * D, bc, w);
+    mu.middleRows(b0, bc) = w.mu;
+    logvar.middleRows(b0, bc) = w.lv;
+  });
 }
 
 // encoder_backward_raw: given dmu, dlv (B, Z) = ∂J/∂(mu, logvar) and the activations of the last
@@ -99,8 +109,13 @@ template <class T>
 Mat<T> VAE<T>::decode(CMatRef<T> z, bool mean) {
   check_cols("z", z.rows(), z.cols(), cfg_.z_dim);
   std::lock_guard<std::mutex> lock(mutex_);
-  const Index B = z.rows();
-  Mat<T> out = CMatMap<T>(dec_->forward(params_.data(), z.data(), nullptr, B, work_.dec), B, cfg_.x_dim);
+  const Index B = z.rows(), Z = cfg_.z_dim, D = cfg_.x_dim;
+  Mat<T> out(B, D);
+  pool_.resize(size_t(max_threads()));
+  for_row_chunks(B, kPipelineRows, [&](Index b0, Index bc, int slot) {  // as encode
+    const T* y = dec_->forward(params_.data(), z.data() + b0 * Z, nullptr, bc, pool_[size_t(slot)].w.dec);
+    out.middleRows(b0, bc) = CMatMap<T>(y, bc, D);
+  });
   if (mean && lik_ == Likelihood::Bernoulli) out = out.unaryExpr([](T a) { return sigmoid(a); });
   return out;
 }
