@@ -19,7 +19,17 @@ CONV_CASES = [
     (2, 1, 9, 7, 2, 1, 1, 0),
     (1, 2, 6, 5, 3, 3, 1, 1),
     (2, 2, 2, 2, 3, 4, 2, 1),  # a kernel wider than the image: taps beyond both edges
+] + [
+    # 3x3 at stride 1 on even sides: Winograd F(2x2, 3x3) (winograd.hpp); padding 0, 1 and 2, a
+    # 2x2 output, C = O = 1, and a 36x34 image wider than the float32 one-window fast path
+    (2, 3, 6, 8, 4, 3, 1, 1),
+    (2, 5, 10, 6, 3, 3, 1, 0),
+    (1, 4, 4, 4, 3, 3, 1, 2),
+    (3, 2, 4, 6, 2, 3, 1, 0),
+    (2, 1, 8, 8, 1, 3, 1, 1),
+    (2, 3, 36, 34, 2, 3, 1, 1),
 ]
+WINOGRAD_CASES = [c for c in CONV_CASES if c[5] == 3 and c[6] == 1 and c[2] % 2 == 0 and c[3] % 2 == 0]
 # (B, C_in, H, W, C_out, k, stride, padding)
 CONVT_CASES = [
     (1, 1, 3, 3, 2, 4, 2, 1),
@@ -131,6 +141,37 @@ def test_group_norm_matches_torch(case):
     assert rel_err(y32, m32(x32).detach().numpy()) < 1e-5
 
 
+@pytest.mark.parametrize("case", WINOGRAD_CASES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_conv2d_winograd_equals_im2col(case, dtype, rng):
+    """The two algorithms of a 3x3 stride-1 Conv2d agree on the same operands: forward, input,
+    weight and bias gradients (float64 to rounding, float32 to its precision); "auto" takes the
+    Winograd path on these shapes, so its results are the Winograd ones bit for bit."""
+    B, C, H, W, O, k, s, p = case
+    k_ = K[dtype]
+    x, w, b = (rng.normal(size=sh).astype(dtype) for sh in ((B, C, H, W), (O, C, k, k), (O,)))
+    dout = rng.normal(size=(B, O, H + 2 * p - 2, W + 2 * p - 2)).astype(dtype)
+    tol = 1e-12 if dtype == "float64" else 2e-5
+    res = {}
+    for algo in ("im2col", "winograd", "auto"):
+        res[algo] = [k_.conv2d_forward(x, w, b, stride=1, padding=p, algorithm=algo)]
+        res[algo] += list(k_.conv2d_backward(dout, x, w, stride=1, padding=p, algorithm=algo))
+    for a, b_ in zip(res["winograd"], res["im2col"]):
+        assert rel_err(a, b_) < tol
+    for a, b_ in zip(res["winograd"], res["auto"]):
+        assert a.tobytes() == b_.tobytes()
+
+
+def test_conv2d_algorithm_is_checked():
+    k64 = K["float64"]
+    x = np.zeros((1, 2, 5, 6))
+    with pytest.raises(ValueError, match=r"algorithm 'winograd' needs a 3x3 kernel at stride 1 on even sides, "
+                                         r"got kernel 3, stride 1, input 5x6"):
+        k64.conv2d_forward(x, np.zeros((2, 2, 3, 3)), padding=1, algorithm="winograd")
+    with pytest.raises(ValueError, match=r"algorithm must be 'auto', 'im2col' or 'winograd', got 'fft'"):
+        k64.conv2d_backward(np.zeros((1, 2, 4, 5)), x, np.zeros((2, 2, 2, 2)), algorithm="fft")
+
+
 # ---- finite differences (float64): J = Σ dout ⊙ layer(x, θ), directional derivatives
 
 def fd_check(f, args, grads, rng, h=1e-5):
@@ -146,7 +187,7 @@ def fd_check(f, args, grads, rng, h=1e-5):
     return max(errs)
 
 
-@pytest.mark.parametrize("case", CONV_CASES[:3])
+@pytest.mark.parametrize("case", CONV_CASES[:3] + WINOGRAD_CASES[:3])
 def test_conv2d_backward_finite_differences(case, rng):
     B, C, H, W, O, k, s, p = case
     x, w, b = rng.normal(size=(B, C, H, W)), rng.normal(size=(O, C, k, k)), rng.normal(size=O)
@@ -201,6 +242,7 @@ def test_layers_bit_identical_for_1_2_3_threads(rng):
     gw, gb = rng.normal(size=8).astype(np.float32), rng.normal(size=8).astype(np.float32)
     dy = rng.normal(size=(37, 16, 8, 8)).astype(np.float32)
     dyt = rng.normal(size=(37, 4, 32, 32)).astype(np.float32)
+    dyw = rng.normal(size=(37, 16, 16, 16)).astype(np.float32)  # the Winograd path: 3x3, stride 1
     results = []
     before = ek.get_num_threads()
     try:
@@ -208,6 +250,8 @@ def test_layers_bit_identical_for_1_2_3_threads(rng):
             ek.set_num_threads(n)
             out = [k32.conv2d_forward(x, w, b, stride=2, padding=1)]
             out += list(k32.conv2d_backward(dy, x, w, stride=2, padding=1))
+            out.append(k32.conv2d_forward(x, w, b, stride=1, padding=1))
+            out += list(k32.conv2d_backward(dyw, x, w, stride=1, padding=1))
             out.append(k32.conv_transpose2d_forward(x, wt, None, stride=2, padding=1))
             out += list(k32.conv_transpose2d_backward(dyt, x, wt, stride=2, padding=1))
             out += list(k32.group_norm_forward(x, 4, gw, gb))

@@ -53,6 +53,20 @@ void check_finite_arr(const char* name, const Arr<T>& a) {
 
 std::string s(Index v) { return std::to_string(v); }
 
+// The conv2d algorithm the tests ask for: "auto" (as the models run), "im2col" or "winograd"
+// (which must apply to the geometry).
+int conv_algorithm(const std::string& algorithm, const ConvGeom& g) {
+  if (algorithm == "auto") return winograd_applies(g) ? 1 : 0;
+  if (algorithm == "im2col") return 0;
+  if (algorithm == "winograd") {
+    if (!winograd_applies(g))
+      fail("algorithm 'winograd' needs a 3x3 kernel at stride 1 on even sides, got kernel " + s(g.k) + ", stride " +
+           s(g.stride) + ", input " + s(g.H) + "x" + s(g.W));
+    return 1;
+  }
+  fail("algorithm must be 'auto', 'im2col' or 'winograd', got '" + algorithm + "'");
+}
+
 }  // namespace
 
 template <class T>
@@ -69,28 +83,35 @@ void bind_conv_for(py::module_& k) {
     return g;
   };
   k.def("conv2d_forward", [conv_geom](const Arr<T>& x, const Arr<T>& weight, std::optional<Arr<T>> bias,
-                                      Index stride, Index padding) {
+                                      Index stride, Index padding, const std::string& algorithm) {
     const ConvGeom g = conv_geom(x, weight, stride, padding);
+    const int algo = conv_algorithm(algorithm, g);
     const Index B = x.shape(0), O = weight.shape(0);
     if (bias) check_dims("bias", *bias, {O}, "(" + s(O) + ",)");
     check_finite_arr("x", x);
     Arr<T> y = zeros<T>({B, O, g.Ho(), g.Wo()});
     ConvWork<T> w;
-    conv2d_forward(y.mutable_data(), x.data(), weight.data(), bias ? bias->data() : nullptr, B, g, O, w);
+    (algo ? winograd_conv2d_forward<T> : im2col_conv2d_forward<T>)(y.mutable_data(), x.data(), weight.data(),
+                                                                   bias ? bias->data() : nullptr, B, g, O, w);
     return y;
   }, py::arg("x"), py::arg("weight"), py::arg("bias") = py::none(), py::arg("stride") = 1, py::arg("padding") = 0,
-     "x (B, C, H, W), weight (O, C, k, k), bias (O) -> (B, O, Ho, Wo), as torch.nn.Conv2d.");
+     py::arg("algorithm") = "auto",
+     "x (B, C, H, W), weight (O, C, k, k), bias (O) -> (B, O, Ho, Wo), as torch.nn.Conv2d; algorithm 'auto', "
+     "'im2col' or 'winograd' (F(2x2, 3x3): 3x3 kernels at stride 1 on even sides).");
   k.def("conv2d_backward", [conv_geom](const Arr<T>& dout, const Arr<T>& x, const Arr<T>& weight, Index stride,
-                                       Index padding) {
+                                       Index padding, const std::string& algorithm) {
     const ConvGeom g = conv_geom(x, weight, stride, padding);
+    const int algo = conv_algorithm(algorithm, g);
     const Index B = x.shape(0), O = weight.shape(0);
     check_dims("dout", dout, {B, O, g.Ho(), g.Wo()}, dims_str({B, O, g.Ho(), g.Wo()}));
     Arr<T> dx = zeros<T>(dims(x)), dw = zeros<T>(dims(weight)), db = zeros<T>({O});
     ConvWork<T> w;
-    conv2d_backward(dx.mutable_data(), dw.mutable_data(), db.mutable_data(), dout.data(), x.data(), weight.data(), B,
-                    g, O, w);
+    (algo ? winograd_conv2d_backward<T> : im2col_conv2d_backward<T>)(dx.mutable_data(), dw.mutable_data(),
+                                                                     db.mutable_data(), dout.data(), x.data(),
+                                                                     weight.data(), B, g, O, w);
     return py::make_tuple(dx, dw, db);
   }, py::arg("dout"), py::arg("x"), py::arg("weight"), py::arg("stride") = 1, py::arg("padding") = 0,
+     py::arg("algorithm") = "auto",
      "(dx (B, C, H, W), dweight (O, C, k, k), dbias (O)) for dout (B, O, Ho, Wo) = dJ/dy.");
 
   // ---- ConvTranspose2d

@@ -70,6 +70,7 @@ struct ConvWork {
                             // and an image's phase planes (im2col)
   std::vector<T> partials;  // (chunks, parameter count): one gradient partial per chunk
   std::vector<T> flipped;   // conv2d_backward's flipped kernel (C, O, k, k)
+  std::vector<T> wino;      // winograd.hpp: the transformed kernels
   Index per_thread = 0, first = 0, second = 0;
   // this thread's buffers (ensure_cols first): n1 entries, then n2, then n3
   T* col() { return cols.data() + Index(thread_slot()) * per_thread; }
@@ -353,8 +354,8 @@ void col2im(T* x, const T* col, const ConvGeom& g, Index ld, T* planes) {
 // bias (nullptr), geometry g (torch.nn.Conv2d). Per group of n examples (ld = nb·P columns):
 //   col (K, n·P) = [col(x_b) …];  Y (O, n·P) = W (O, K) · col;  out_b (O, P) = Y[:, b-th block] + bias.
 template <class T>
-void conv2d_forward(T* out, const T* inp, const T* weight, const T* bias, Index B, const ConvGeom& g, Index O,
-                    ConvWork<T>& w) {
+void im2col_conv2d_forward(T* out, const T* inp, const T* weight, const T* bias, Index B, const ConvGeom& g, Index O,
+                           ConvWork<T>& w) {
   const Index K = g.patch(), P = g.positions(), I = g.in_size();
   const Chunks ch(B, P);
   const Index ld = ch.nb * P;
@@ -384,8 +385,8 @@ void conv2d_forward(T* out, const T* inp, const T* weight, const T* bias, Index 
 //     dout_b, padding k − 1 − p, with the flipped kernel W̃[c, o, i, j] = W[o, c, k−1−i, k−1−j]: a
 //     product of depth O·k·k and an im2col, where the col2im path has depth O and a scatter-add.
 template <class T>
-void conv2d_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight, Index B,
-                     const ConvGeom& g, Index O, ConvWork<T>& w) {
+void im2col_conv2d_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight, Index B,
+                            const ConvGeom& g, Index O, ConvWork<T>& w) {
   const Index K = g.patch(), P = g.positions(), I = g.in_size(), k = g.k, C = g.C;
   const Index NP = O * K + O;  // one chunk's partial: dweight (O, K), dbias (O)
   const Chunks ch(B, P);
@@ -443,6 +444,30 @@ void conv2d_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
   }
   if (dweight) add_partials(dweight, part, ch.count, O * K, NP);
   if (dbias) add_partials(dbias, part + O * K, ch.count, O, NP);
+}
+
+// winograd.hpp: the 3×3 stride-1 convolutions on even sides by Winograd's F(2×2, 3×3).
+inline bool winograd_applies(const ConvGeom& g);
+template <class T>
+void winograd_conv2d_forward(T* out, const T* inp, const T* weight, const T* bias, Index B, const ConvGeom& g, Index O,
+                             ConvWork<T>& w);
+template <class T>
+void winograd_conv2d_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight, Index B,
+                              const ConvGeom& g, Index O, ConvWork<T>& w);
+
+// conv2d_forward / conv2d_backward: Winograd where it applies (winograd_applies: a 3×3 kernel at
+// stride 1 on even sides), im2col + GEMM otherwise. Same results up to rounding.
+template <class T>
+void conv2d_forward(T* out, const T* inp, const T* weight, const T* bias, Index B, const ConvGeom& g, Index O,
+                    ConvWork<T>& w) {
+  if (winograd_applies(g)) return winograd_conv2d_forward(out, inp, weight, bias, B, g, O, w);
+  im2col_conv2d_forward(out, inp, weight, bias, B, g, O, w);
+}
+template <class T>
+void conv2d_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight, Index B,
+                     const ConvGeom& g, Index O, ConvWork<T>& w) {
+  if (winograd_applies(g)) return winograd_conv2d_backward(dinp, dweight, dbias, dout, inp, weight, B, g, O, w);
+  im2col_conv2d_backward(dinp, dweight, dbias, dout, inp, weight, B, g, O, w);
 }
 
 // ---- ConvTranspose2d -----------------------------------------------------------------------
@@ -674,3 +699,5 @@ void group_norm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* 
 }
 
 }  // namespace elbokit
+
+#include "elbokit/winograd.hpp"
