@@ -12,9 +12,10 @@
 // torch.nn.Conv2d computes). With ξ = 4i + j the 16 entries of the transformed 4×4 tiles,
 //   V_ξ (C, n·T) = (Bᵀ d B)_ξ of every tile of the group's n images (T = (Ho/2)(Wo/2) tiles each),
 //   U_ξ (O, C)   = (G w Gᵀ)_ξ,   M_ξ (O, n·T) = U_ξ · V_ξ  (16 products),   y = Aᵀ M A.
-// The 4×4 tiles at stride 2 are the im2col of a 4×4 kernel at stride 2 (conv.hpp), row (c, i, j):
-// so V is built in place in im2col's (C, 16, n·T) layout and V_ξ is the (C, n·T) matrix of rows
-// c·16 + ξ (row stride 16·ld); M is (O, 16, n·T) alike.
+// The 4×4 tiles at stride 2 are read from the image's stride-2 phase planes (conv.hpp) or, for
+// float32 rows of at most 32 padded entries, split into even and odd columns in registers. V is
+// (C, 16, ld): V_ξ is the (C, n·T) matrix of rows c·16 + ξ (row stride 16·ld), so the products read
+// it in place; M is (O, 16, ld) alike. ld = nb·T + kSlack.
 //
 // Backward, given dy = ∂J/∂y: per tile dM = A dy Aᵀ (the adjoint of y = Aᵀ M A), then
 //   dU_ξ (O, C) += dM_ξ · V_ξᵀ,   dw (O, C, 3, 3) += Gᵀ dU G  (the adjoint of U = G w Gᵀ);
@@ -23,8 +24,8 @@
 //
 // Applies when H and W are even: then Ho = H + 2p − 2 and Wo are even (whole 2×2 tiles) and so is
 // dy's padded side, Ho + 2(2 − p) = H + 2. The algebra is exact; in floating point the transforms'
-// additions round differently from im2col's sums (float32: relative differences ~1e-7 against
-// torch, as im2col's). Parallel and deterministic as conv.hpp's layers: images in groups, the
+// additions round differently from im2col's sums (measured against torch.nn.Conv2d, relative to
+// the largest entry: float64 ≤ 5e-15, float32 ≤ 1.4e-6; tests/test_conv_layers.py). Parallel and deterministic as conv.hpp's layers: images in groups, the
 // weight gradient in fixed chunks whose partials are added in chunk order.
 #pragma once
 
@@ -40,6 +41,10 @@ inline bool winograd_applies(const ConvGeom& g) {
 }
 
 namespace wino {
+
+// Columns past a group's tiles in the rows of V and M: room for the fast paths' whole-packet stores
+// and loads (winograd_conv2d_forward/backward add them to ld).
+constexpr Index kSlack = 16;
 
 // The 4×4 stride-2 tiles of the zero-padded input: im2col geometry of a 4×4 kernel at stride 2.
 inline ConvGeom tile_geom(const ConvGeom& g) { return ConvGeom{g.C, g.H, g.W, 4, 2, g.pad}; }
@@ -168,22 +173,24 @@ inline void row_phases(const float* row, Index W, Index p, __m512& even, __m512&
   odd1 = _mm512_permutex2var_ps(lo, i3, hi);
 }
 
-// tiles() for one image x (C, H, W), fits_window(W, p).
+// tiles() for one image x (C, H, W), fits_window(W, p). The stores are whole packets: the lanes
+// past a tile row's Tw tiles fall on the next tile row (written after) or, for the group's last
+// image, in the kSlack columns past the group's tiles (ld ≥ n·T + kWinoSlack). Each input row's
+// phases serve two tile rows.
 inline void tiles_window(float* v, Index ld, const float* x, const ConvGeom& g) {
-  const Index Th = (g.H + 2 * g.pad - 2) / 2, Tw = (g.W + 2 * g.pad - 2) / 2, p = g.pad;
-  const __mmask16 m = lanes16(Tw);
+  const Index Th = (g.H + 2 * g.pad - 2) / 2, p = g.pad, Tw = (g.W + 2 * p - 2) / 2;
   for (Index c = 0; c < g.C; ++c) {
     const float* xc = x + c * g.H * g.W;
     float* vc = v + c * 16 * ld;
+    auto row = [&](Index ih) { return ih >= 0 && ih < g.H ? xc + ih * g.W : nullptr; };
+    __m512 d[16], o[16];
+    for (int i = 0; i < 2; ++i) row_phases(row(i - p), g.W, p, d[4 * i], d[4 * i + 1], d[4 * i + 2], d[4 * i + 3]);
     for (Index ty = 0; ty < Th; ++ty) {
-      __m512 d[16], o[16];
-      for (int i = 0; i < 4; ++i) {
-        const Index ih = 2 * ty - p + i;
-        row_phases(ih >= 0 && ih < g.H ? xc + ih * g.W : nullptr, g.W, p, d[4 * i], d[4 * i + 1], d[4 * i + 2],
-                   d[4 * i + 3]);
-      }
+      for (int i = 2; i < 4; ++i)
+        row_phases(row(2 * ty - p + i), g.W, p, d[4 * i], d[4 * i + 1], d[4 * i + 2], d[4 * i + 3]);
       bt_d_b(d, o);
-      for (int xi = 0; xi < 16; ++xi) _mm512_mask_storeu_ps(vc + xi * ld + ty * Tw, m, o[xi]);
+      for (int xi = 0; xi < 16; ++xi) _mm512_storeu_ps(vc + xi * ld + ty * Tw, o[xi]);
+      for (int x_ = 0; x_ < 8; ++x_) d[x_] = d[8 + x_];  // rows 2, 3 are the next tile row's 0, 1
     }
   }
 }
@@ -193,13 +200,13 @@ inline void tiles_window(float* v, Index ld, const float* x, const ConvGeom& g) 
 template <bool add>
 inline void output_window(float* out, const float* m, Index ld, Index Ho, Index Wo, float bias) {
   const Index Tw = Wo / 2;
-  const __mmask16 mt = lanes16(Tw), m0 = lanes16(Wo), m1 = lanes16(Wo - 16);
+  const __mmask16 m0 = lanes16(Wo), m1 = lanes16(Wo - 16);
   const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
   const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
   const __m512 b = _mm512_set1_ps(bias);
   for (Index ty = 0; ty < Ho / 2; ++ty) {
     __m512 v[16];
-    for (int xi = 0; xi < 16; ++xi) v[xi] = _mm512_maskz_loadu_ps(mt, m + xi * ld + ty * Tw);
+    for (int xi = 0; xi < 16; ++xi) v[xi] = _mm512_loadu_ps(m + xi * ld + ty * Tw);  // lanes ≥ Tw unused
     __m512 s0[4], s1[4];
     for (int j = 0; j < 4; ++j) {
       s0[j] = v[j] + v[4 + j] + v[8 + j];
@@ -225,19 +232,18 @@ inline void output_window(float* out, const float* m, Index ld, Index Ho, Index 
 // (row stride ld).
 inline void output_adjoint_window(float* dm, Index ld, const float* dy, Index Ho, Index Wo) {
   const Index Tw = Wo / 2;
-  const __mmask16 mt = lanes16(Tw);
   for (Index ty = 0; ty < Ho / 2; ++ty) {
     __m512 y0[4], y1[4];  // row 2ty and 2ty + 1: even, odd columns (the rest unused)
     row_phases(dy + 2 * ty * Wo, Wo, 0, y0[0], y0[1], y0[2], y0[3]);
     row_phases(dy + (2 * ty + 1) * Wo, Wo, 0, y1[0], y1[1], y1[2], y1[3]);
     const __m512 r[4][2] = {{y0[0], y0[1]}, {y0[0] + y1[0], y0[1] + y1[1]}, {y0[0] - y1[0], y0[1] - y1[1]},
                             {-y1[0], -y1[1]}};
-    float* d = dm + ty * Tw;
+    float* d = dm + ty * Tw;  // whole packets, as tiles_window
     for (int i = 0; i < 4; ++i) {
-      _mm512_mask_storeu_ps(d + (4 * i) * ld, mt, r[i][0]);
-      _mm512_mask_storeu_ps(d + (4 * i + 1) * ld, mt, r[i][0] + r[i][1]);
-      _mm512_mask_storeu_ps(d + (4 * i + 2) * ld, mt, r[i][0] - r[i][1]);
-      _mm512_mask_storeu_ps(d + (4 * i + 3) * ld, mt, -r[i][1]);
+      _mm512_storeu_ps(d + (4 * i) * ld, r[i][0]);
+      _mm512_storeu_ps(d + (4 * i + 1) * ld, r[i][0] + r[i][1]);
+      _mm512_storeu_ps(d + (4 * i + 2) * ld, r[i][0] - r[i][1]);
+      _mm512_storeu_ps(d + (4 * i + 3) * ld, -r[i][1]);
     }
   }
 }
@@ -390,7 +396,7 @@ void winograd_conv2d_forward(T* out, const T* inp, const T* weight, const T* bia
   const ConvGeom tg = wino::tile_geom(g);
   const Index C = g.C, Tn = tg.positions();
   const Chunks ch(B, Tn);
-  const Index ld = ch.nb * Tn;
+  const Index ld = ch.nb * Tn + wino::kSlack;
   w.ensure_cols(16 * C * ld, 16 * O * ld, wino::scratch_third(g));
   w.wino.resize(size_t(16 * O * C));
   wino::weight_transform(w.wino.data(), weight, O, C);
@@ -412,8 +418,8 @@ void winograd_conv2d_backward(T* dinp, T* dweight, T* dbias, const T* dout, cons
   const ConvGeom gd{O, Ho, Wo, 3, 1, 2 - g.pad};  // dout_b (O, Ho, Wo) → dinp_b (C, H, W), flipped kernel
   const ConvGeom bg = wino::block_geom(O, Ho, Wo);
   const Index NU = 16 * O * C, NP = NU + O;  // one chunk's partial: dU (16, O, C), dbias (O)
-  const Chunks ch(B, Tn);                    // gd has as many tiles as g: (H/2)(W/2) = (Ho/2)(Wo/2)… per image
-  const Index ld = ch.nb * std::max(Tn, wino::tile_geom(gd).positions());
+  const Chunks ch(B, Tn);  // groups of images as the forward's; gd's images have (H/2)(W/2) tiles
+  const Index ld = ch.nb * std::max(Tn, wino::tile_geom(gd).positions()) + wino::kSlack;
   const Index rows = 16 * std::max(C, O);
   w.ensure_cols(rows * ld, rows * ld,
                 std::max({wino::scratch_third(g), wino::scratch_third(gd), phase_planes_size(bg)}));
