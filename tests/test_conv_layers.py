@@ -28,8 +28,17 @@ CONV_CASES = [
     (3, 2, 4, 6, 2, 3, 1, 0),
     (2, 1, 8, 8, 1, 3, 1, 1),
     (2, 3, 36, 34, 2, 3, 1, 1),
+] + [
+    # 4x4 at stride 2 with >= 8 channels: Winograd F(2x2, 2x2) on the phase planes (winograd_s2.hpp);
+    # a 7x7 (odd) output, padding 0 with odd and even output sides, a 30x34 image wider than the
+    # float32 one-window fast path, and a 2x2 image with a 1x1 output
+    (2, 8, 14, 14, 5, 4, 2, 1),
+    (3, 8, 8, 10, 4, 4, 2, 0),
+    (1, 9, 30, 34, 3, 4, 2, 1),
+    (2, 8, 2, 2, 3, 4, 2, 1),
 ]
 WINOGRAD_CASES = [c for c in CONV_CASES if c[5] == 3 and c[6] == 1 and c[2] % 2 == 0 and c[3] % 2 == 0]
+S2_CASES = [c for c in CONV_CASES if c[5] == 4 and c[6] == 2 and c[1] >= 8]
 # (B, C_in, H, W, C_out, k, stride, padding)
 CONVT_CASES = [
     (1, 1, 3, 3, 2, 4, 2, 1),
@@ -37,7 +46,15 @@ CONVT_CASES = [
     (2, 2, 3, 4, 1, 3, 2, 0),
     (3, 2, 5, 3, 3, 3, 1, 1),
     (2, 2, 1, 1, 3, 4, 2, 1),
+] + [
+    # 4x4 at stride 2 with >= 8 output channels: F(2x2, 2x2), the adjoint of the Conv2d path; a 7x7
+    # input to 14x14, padding 0, a 32x34 output wider than the one-window fast path, a 1x1 input
+    (2, 5, 7, 7, 8, 4, 2, 1),
+    (2, 3, 4, 3, 9, 4, 2, 0),
+    (1, 2, 16, 17, 8, 4, 2, 1),
+    (2, 3, 1, 1, 8, 4, 2, 1),
 ]
+CONVT_S2_CASES = [c for c in CONVT_CASES if c[5] == 4 and c[6] == 2 and c[4] >= 8]
 # (B, C, H, W, G)
 GN_CASES = [(1, 1, 3, 3, 1), (2, 4, 5, 3, 2), (3, 6, 4, 4, 3), (2, 4, 1, 2, 4)]
 
@@ -162,14 +179,50 @@ def test_conv2d_winograd_equals_im2col(case, dtype, rng):
         assert a.tobytes() == b_.tobytes()
 
 
+@pytest.mark.parametrize("case", [(3, 2, 8, 8, 3, 4, 2, 1)] + S2_CASES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_conv2d_winograd_s2_equals_im2col(case, dtype, rng):
+    """A 4x4 stride-2 Conv2d and its ConvTranspose2d (the adjoint, the same weight tensor read as
+    (C_in, C_out, 4, 4)): F(2x2, 2x2) against im2col on the same operands, forward and all three
+    gradients; "auto" takes F(2x2, 2x2) from 8 channels on (the Conv2d's input, the transposed
+    layer's output), bit for bit, and im2col below."""
+    B, C, H, W, O, k, s, p = case
+    k_ = K[dtype]
+    x, w, b, bt = (rng.normal(size=sh).astype(dtype) for sh in ((B, C, H, W), (O, C, k, k), (O,), (C,)))
+    Ho, Wo = (H + 2 * p - 4) // 2 + 1, (W + 2 * p - 4) // 2 + 1
+    dout = rng.normal(size=(B, O, Ho, Wo)).astype(dtype)
+    tol = 1e-12 if dtype == "float64" else 2e-5
+    res = {}
+    for algo in ("im2col", "winograd", "auto"):
+        res[algo] = [k_.conv2d_forward(x, w, b, stride=2, padding=p, algorithm=algo)]
+        res[algo] += list(k_.conv2d_backward(dout, x, w, stride=2, padding=p, algorithm=algo))
+        # ConvTranspose2d(O -> C): input dout (B, O, Ho, Wo), output (B, C, H, W), gradient x
+        res[algo].append(k_.conv_transpose2d_forward(dout, w, bt, stride=2, padding=p, algorithm=algo))
+        res[algo] += list(k_.conv_transpose2d_backward(x, dout, w, stride=2, padding=p, algorithm=algo))
+    assert res["im2col"][4].shape == (B, C, H, W)
+    for a, b_ in zip(res["winograd"], res["im2col"]):
+        assert rel_err(a, b_) < tol
+    for a, b_ in zip(res["winograd" if C >= 8 else "im2col"], res["auto"]):
+        assert a.tobytes() == b_.tobytes()
+
+
 def test_conv2d_algorithm_is_checked():
     k64 = K["float64"]
     x = np.zeros((1, 2, 5, 6))
-    with pytest.raises(ValueError, match=r"algorithm 'winograd' needs a 3x3 kernel at stride 1 on even sides, "
-                                         r"got kernel 3, stride 1, input 5x6"):
+    with pytest.raises(ValueError, match=r"algorithm 'winograd' needs a 3x3 kernel at stride 1 on even sides or a "
+                                         r"4x4 kernel at stride 2 on even padded sides, got kernel 3, stride 1, "
+                                         r"padding 1, input 5x6"):
         k64.conv2d_forward(x, np.zeros((2, 2, 3, 3)), padding=1, algorithm="winograd")
+    with pytest.raises(ValueError, match=r"algorithm 'winograd' needs a 3x3 kernel .* got kernel 4, stride 2, "
+                                         r"padding 1, input 5x6"):
+        k64.conv2d_forward(x, np.zeros((2, 2, 4, 4)), stride=2, padding=1, algorithm="winograd")
+    with pytest.raises(ValueError, match=r"algorithm 'winograd' needs a 4x4 kernel at stride 2 on even padded "
+                                         r"sides, got kernel 3, stride 2, padding 0, output 11x13"):
+        k64.conv_transpose2d_forward(x, np.zeros((2, 2, 3, 3)), stride=2, algorithm="winograd")
     with pytest.raises(ValueError, match=r"algorithm must be 'auto', 'im2col' or 'winograd', got 'fft'"):
         k64.conv2d_backward(np.zeros((1, 2, 4, 5)), x, np.zeros((2, 2, 2, 2)), algorithm="fft")
+    with pytest.raises(ValueError, match=r"algorithm must be 'auto', 'im2col' or 'winograd', got 'FFT'"):
+        k64.conv_transpose2d_backward(np.zeros((1, 2, 10, 12)), x, np.zeros((2, 2, 2, 2)), algorithm="FFT")
 
 
 # ---- finite differences (float64): J = Σ dout ⊙ layer(x, θ), directional derivatives
@@ -187,7 +240,7 @@ def fd_check(f, args, grads, rng, h=1e-5):
     return max(errs)
 
 
-@pytest.mark.parametrize("case", CONV_CASES[:3] + WINOGRAD_CASES[:3])
+@pytest.mark.parametrize("case", CONV_CASES[:3] + WINOGRAD_CASES[:3] + S2_CASES[:3])
 def test_conv2d_backward_finite_differences(case, rng):
     B, C, H, W, O, k, s, p = case
     x, w, b = rng.normal(size=(B, C, H, W)), rng.normal(size=(O, C, k, k)), rng.normal(size=O)
@@ -199,7 +252,7 @@ def test_conv2d_backward_finite_differences(case, rng):
     assert fd_check(J, [x, w, b], grads, rng) < 1e-6
 
 
-@pytest.mark.parametrize("case", CONVT_CASES[:3])
+@pytest.mark.parametrize("case", CONVT_CASES[:3] + CONVT_S2_CASES[:3])
 def test_conv_transpose2d_backward_finite_differences(case, rng):
     B, C, H, W, O, k, s, p = case
     x, w, b = rng.normal(size=(B, C, H, W)), rng.normal(size=(C, O, k, k)), rng.normal(size=O)
@@ -243,6 +296,9 @@ def test_layers_bit_identical_for_1_2_3_threads(rng):
     dy = rng.normal(size=(37, 16, 8, 8)).astype(np.float32)
     dyt = rng.normal(size=(37, 4, 32, 32)).astype(np.float32)
     dyw = rng.normal(size=(37, 16, 16, 16)).astype(np.float32)  # the Winograd path: 3x3, stride 1
+    w4 = rng.normal(size=(16, 8, 4, 4)).astype(np.float32)  # F(2x2, 2x2): 4x4, stride 2, 8 channels
+    wt8 = rng.normal(size=(8, 8, 4, 4)).astype(np.float32)  # ... and its transpose (16x16 -> 32x32)
+    dyt8 = rng.normal(size=(37, 8, 32, 32)).astype(np.float32)
     results = []
     before = ek.get_num_threads()
     try:
@@ -254,6 +310,12 @@ def test_layers_bit_identical_for_1_2_3_threads(rng):
             out += list(k32.conv2d_backward(dyw, x, w, stride=1, padding=1))
             out.append(k32.conv_transpose2d_forward(x, wt, None, stride=2, padding=1))
             out += list(k32.conv_transpose2d_backward(dyt, x, wt, stride=2, padding=1))
+            out.append(k32.conv2d_forward(x, w4, b, stride=2, padding=1))
+            out += list(k32.conv2d_backward(dy, x, w4, stride=2, padding=1))
+            out.append(k32.conv_transpose2d_forward(dy, w4, gb, stride=2, padding=1))  # 8x8 -> 16x16
+            out += list(k32.conv_transpose2d_backward(x, dy, w4, stride=2, padding=1))
+            out.append(k32.conv_transpose2d_forward(x, wt8, gb, stride=2, padding=1))
+            out += list(k32.conv_transpose2d_backward(dyt8, x, wt8, stride=2, padding=1))
             out += list(k32.group_norm_forward(x, 4, gw, gb))
             out += list(k32.group_norm_backward(x[::-1].copy(), x, 4, gw, gb))
             results.append(out)

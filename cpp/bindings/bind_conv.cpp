@@ -53,16 +53,20 @@ void check_finite_arr(const char* name, const Arr<T>& a) {
 
 std::string s(Index v) { return std::to_string(v); }
 
-// The conv2d algorithm the tests ask for: "auto" (as the models run), "im2col" or "winograd"
-// (which must apply to the geometry).
-int conv_algorithm(const std::string& algorithm, const ConvGeom& g) {
-  if (algorithm == "auto") return winograd_applies(g) ? 1 : 0;
+// The implementation an `algorithm` argument names ("auto": as the models run, conv.hpp's dispatch;
+// "im2col"; "winograd", which must apply to the geometry): 0 im2col + GEMM, 1 Winograd F(2x2, 3x3)
+// (3x3, stride 1, even sides), 2 Winograd F(2x2, 2x2) on phases (4x4, stride 2, even padded sides).
+// conv: a Conv2d; otherwise a ConvTranspose2d, g its adjoint Conv2d's geometry.
+int conv_algorithm(const std::string& algorithm, const ConvGeom& g, bool conv) {
+  if (algorithm == "auto") return conv && winograd_applies(g) ? 1 : winograd_s2_auto(g) ? 2 : 0;
   if (algorithm == "im2col") return 0;
   if (algorithm == "winograd") {
-    if (!winograd_applies(g))
-      fail("algorithm 'winograd' needs a 3x3 kernel at stride 1 on even sides, got kernel " + s(g.k) + ", stride " +
-           s(g.stride) + ", input " + s(g.H) + "x" + s(g.W));
-    return 1;
+    if (conv && winograd_applies(g)) return 1;
+    if (winograd_s2_applies(g)) return 2;
+    fail(std::string("algorithm 'winograd' needs ") +
+         (conv ? "a 3x3 kernel at stride 1 on even sides or " : "") +
+         "a 4x4 kernel at stride 2 on even padded sides, got kernel " + s(g.k) + ", stride " + s(g.stride) +
+         ", padding " + s(g.pad) + ", " + (conv ? "input " : "output ") + s(g.H) + "x" + s(g.W));
   }
   fail("algorithm must be 'auto', 'im2col' or 'winograd', got '" + algorithm + "'");
 }
@@ -85,30 +89,32 @@ void bind_conv_for(py::module_& k) {
   k.def("conv2d_forward", [conv_geom](const Arr<T>& x, const Arr<T>& weight, std::optional<Arr<T>> bias,
                                       Index stride, Index padding, const std::string& algorithm) {
     const ConvGeom g = conv_geom(x, weight, stride, padding);
-    const int algo = conv_algorithm(algorithm, g);
+    const int algo = conv_algorithm(algorithm, g, true);
     const Index B = x.shape(0), O = weight.shape(0);
     if (bias) check_dims("bias", *bias, {O}, "(" + s(O) + ",)");
     check_finite_arr("x", x);
     Arr<T> y = zeros<T>({B, O, g.Ho(), g.Wo()});
     ConvWork<T> w;
-    (algo ? winograd_conv2d_forward<T> : im2col_conv2d_forward<T>)(y.mutable_data(), x.data(), weight.data(),
-                                                                   bias ? bias->data() : nullptr, B, g, O, w);
+    (algo == 1 ? winograd_conv2d_forward<T> : algo == 2 ? winograd_s2_conv2d_forward<T> : im2col_conv2d_forward<T>)(
+        y.mutable_data(), x.data(), weight.data(), bias ? bias->data() : nullptr, B, g, O, w);
     return y;
   }, py::arg("x"), py::arg("weight"), py::arg("bias") = py::none(), py::arg("stride") = 1, py::arg("padding") = 0,
      py::arg("algorithm") = "auto",
      "x (B, C, H, W), weight (O, C, k, k), bias (O) -> (B, O, Ho, Wo), as torch.nn.Conv2d; algorithm 'auto', "
-     "'im2col' or 'winograd' (F(2x2, 3x3): 3x3 kernels at stride 1 on even sides).");
+     "'im2col' or 'winograd' (F(2x2, 3x3): 3x3 kernels at stride 1 on even sides; F(2x2, 2x2) on the phase "
+     "planes: 4x4 kernels at stride 2 on even padded sides).");
   k.def("conv2d_backward", [conv_geom](const Arr<T>& dout, const Arr<T>& x, const Arr<T>& weight, Index stride,
                                        Index padding, const std::string& algorithm) {
     const ConvGeom g = conv_geom(x, weight, stride, padding);
-    const int algo = conv_algorithm(algorithm, g);
+    const int algo = conv_algorithm(algorithm, g, true);
     const Index B = x.shape(0), O = weight.shape(0);
     check_dims("dout", dout, {B, O, g.Ho(), g.Wo()}, dims_str({B, O, g.Ho(), g.Wo()}));
     Arr<T> dx = zeros<T>(dims(x)), dw = zeros<T>(dims(weight)), db = zeros<T>({O});
     ConvWork<T> w;
-    (algo ? winograd_conv2d_backward<T> : im2col_conv2d_backward<T>)(dx.mutable_data(), dw.mutable_data(),
-                                                                     db.mutable_data(), dout.data(), x.data(),
-                                                                     weight.data(), B, g, O, w);
+    (algo == 1   ? winograd_conv2d_backward<T>
+     : algo == 2 ? winograd_s2_conv2d_backward<T>
+                 : im2col_conv2d_backward<T>)(dx.mutable_data(), dw.mutable_data(), db.mutable_data(), dout.data(),
+                                              x.data(), weight.data(), B, g, O, w);
     return py::make_tuple(dx, dw, db);
   }, py::arg("dout"), py::arg("x"), py::arg("weight"), py::arg("stride") = 1, py::arg("padding") = 0,
      py::arg("algorithm") = "auto",
@@ -131,29 +137,36 @@ void bind_conv_for(py::module_& k) {
     return og;
   };
   k.def("conv_transpose2d_forward", [convt_geom](const Arr<T>& x, const Arr<T>& weight,
-                                                 std::optional<Arr<T>> bias, Index stride, Index padding) {
+                                                 std::optional<Arr<T>> bias, Index stride, Index padding,
+                                                 const std::string& algorithm) {
     const ConvGeom og = convt_geom(x, weight, stride, padding);
+    const int algo = conv_algorithm(algorithm, og, false);
     const Index B = x.shape(0), Ci = x.shape(1);
     if (bias) check_dims("bias", *bias, {og.C}, "(" + s(og.C) + ",)");
     check_finite_arr("x", x);
     Arr<T> y = zeros<T>({B, og.C, og.H, og.W});
     ConvWork<T> w;
-    conv_transpose2d_forward(y.mutable_data(), x.data(), weight.data(), bias ? bias->data() : nullptr, B, Ci, og, w);
+    (algo ? winograd_s2_conv_transpose2d_forward<T> : im2col_conv_transpose2d_forward<T>)(
+        y.mutable_data(), x.data(), weight.data(), bias ? bias->data() : nullptr, B, Ci, og, w);
     return y;
   }, py::arg("x"), py::arg("weight"), py::arg("bias") = py::none(), py::arg("stride") = 2, py::arg("padding") = 0,
+     py::arg("algorithm") = "auto",
      "x (B, C_in, H, W), weight (C_in, C_out, k, k), bias (C_out) -> (B, C_out, Ho, Wo), as "
-     "torch.nn.ConvTranspose2d (output_padding 0).");
+     "torch.nn.ConvTranspose2d (output_padding 0); algorithm 'auto', 'im2col' or 'winograd' (F(2x2, 2x2) on "
+     "the phase planes: 4x4 kernels at stride 2 with even padded output sides).");
   k.def("conv_transpose2d_backward", [convt_geom](const Arr<T>& dout, const Arr<T>& x, const Arr<T>& weight,
-                                                  Index stride, Index padding) {
+                                                  Index stride, Index padding, const std::string& algorithm) {
     const ConvGeom og = convt_geom(x, weight, stride, padding);
+    const int algo = conv_algorithm(algorithm, og, false);
     const Index B = x.shape(0), Ci = x.shape(1);
     check_dims("dout", dout, {B, og.C, og.H, og.W}, dims_str({B, og.C, og.H, og.W}));
     Arr<T> dx = zeros<T>(dims(x)), dw = zeros<T>(dims(weight)), db = zeros<T>({og.C});
     ConvWork<T> w;
-    conv_transpose2d_backward(dx.mutable_data(), dw.mutable_data(), db.mutable_data(), dout.data(), x.data(),
-                              weight.data(), B, Ci, og, w);
+    (algo ? winograd_s2_conv_transpose2d_backward<T> : im2col_conv_transpose2d_backward<T>)(
+        dx.mutable_data(), dw.mutable_data(), db.mutable_data(), dout.data(), x.data(), weight.data(), B, Ci, og, w);
     return py::make_tuple(dx, dw, db);
   }, py::arg("dout"), py::arg("x"), py::arg("weight"), py::arg("stride") = 2, py::arg("padding") = 0,
+     py::arg("algorithm") = "auto",
      "(dx (B, C_in, H, W), dweight (C_in, C_out, k, k), dbias (C_out)) for dout (B, C_out, Ho, Wo).");
 
   // ---- Upsample ×2 (nearest)

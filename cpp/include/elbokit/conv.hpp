@@ -15,7 +15,9 @@
 // Scheme: im2col + GEMM (gemm.hpp) on groups of examples side by side (Chunks), the patches in a
 // per-thread buffer of the caller's ConvWork (kept in the module's cache: no allocation per step). Conv2d's forward is
 // y_b (O, P) = W (O, K) · col(x_b) (K, P) + bias; ConvTranspose2d is the adjoint of a Conv2d from
-// its output to its input: col (K', P_in) = Wᵀ · x_b, then col2im into y_b.
+// its output to its input: col (K', P_in) = Wᵀ · x_b, then col2im into y_b. Two geometries take a
+// Winograd path instead (the dispatch at the end of this file): 3×3 at stride 1 (winograd.hpp) and
+// 4×4 at stride 2, Conv2d and ConvTranspose2d (winograd_s2.hpp).
 #pragma once
 
 #include <algorithm>
@@ -350,6 +352,17 @@ void col2im(T* x, const T* col, const ConvGeom& g, Index ld, T* planes) {
 
 // ---- Conv2d --------------------------------------------------------------------------------
 
+// flip_kernel: wf (C, O, k, k) = W̃[c, o, i, j] = W[o, c, k−1−i, k−1−j] of weight W (O, C, k, k): the
+// kernel of a stride-1 convolution's input gradient (the convolution of dout with padding k−1−p).
+template <class T>
+void flip_kernel(std::vector<T>& wf, const T* weight, Index O, Index C, Index k) {
+  const Index kk = k * k;
+  wf.resize(size_t(C * O * kk));
+  for (Index c = 0; c < C; ++c)
+    for (Index o = 0; o < O; ++o)
+      for (Index i = 0; i < kk; ++i) wf[size_t((c * O + o) * kk + i)] = weight[(o * C + c) * kk + (kk - 1 - i)];
+}
+
 // conv2d_forward: out (B, O, Ho, Wo) = conv(inp (B, C, H, W), weight (O, C, k, k)) + bias (O) or no
 // bias (nullptr), geometry g (torch.nn.Conv2d). Per group of n examples (ld = nb·P columns):
 //   col (K, n·P) = [col(x_b) …];  Y (O, n·P) = W (O, K) · col;  out_b (O, P) = Y[:, b-th block] + bias.
@@ -397,14 +410,7 @@ void im2col_conv2d_backward(T* dinp, T* dweight, T* dbias, const T* dout, const 
   w.ensure_cols(std::max(K * ld, Kd * ldd), std::max(O * ld, flip ? C * ldd : 0),
                 std::max(phase_planes_size(g), flip ? phase_planes_size(gd) : 0));
   T* part = w.ensure_partials(ch.count, NP);
-  if (flip) {
-    w.flipped.resize(size_t(C * Kd));  // W̃ (C, O, k, k)
-    for (Index c = 0; c < C; ++c)
-      for (Index o = 0; o < O; ++o)
-        for (Index i = 0; i < k; ++i)
-          for (Index j = 0; j < k; ++j)
-            w.flipped[size_t(((c * O + o) * k + i) * k + j)] = weight[((o * C + c) * k + (k - 1 - i)) * k + (k - 1 - j)];
-  }
+  if (flip) flip_kernel(w.flipped, weight, O, C, k);  // W̃ (C, O, k, k)
   const T* wf = w.flipped.data();
 #pragma omp parallel for schedule(dynamic, 1) if (conv_parallel(4.0 * B * O * K * P, ch.count))
   for (Index c = 0; c < ch.count; ++c) {
@@ -446,30 +452,6 @@ void im2col_conv2d_backward(T* dinp, T* dweight, T* dbias, const T* dout, const 
   if (dbias) add_partials(dbias, part + O * K, ch.count, O, NP);
 }
 
-// winograd.hpp: the 3×3 stride-1 convolutions on even sides by Winograd's F(2×2, 3×3).
-inline bool winograd_applies(const ConvGeom& g);
-template <class T>
-void winograd_conv2d_forward(T* out, const T* inp, const T* weight, const T* bias, Index B, const ConvGeom& g, Index O,
-                             ConvWork<T>& w);
-template <class T>
-void winograd_conv2d_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight, Index B,
-                              const ConvGeom& g, Index O, ConvWork<T>& w);
-
-// conv2d_forward / conv2d_backward: Winograd where it applies (winograd_applies: a 3×3 kernel at
-// stride 1 on even sides), im2col + GEMM otherwise. Same results up to rounding.
-template <class T>
-void conv2d_forward(T* out, const T* inp, const T* weight, const T* bias, Index B, const ConvGeom& g, Index O,
-                    ConvWork<T>& w) {
-  if (winograd_applies(g)) return winograd_conv2d_forward(out, inp, weight, bias, B, g, O, w);
-  im2col_conv2d_forward(out, inp, weight, bias, B, g, O, w);
-}
-template <class T>
-void conv2d_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight, Index B,
-                     const ConvGeom& g, Index O, ConvWork<T>& w) {
-  if (winograd_applies(g)) return winograd_conv2d_backward(dinp, dweight, dbias, dout, inp, weight, B, g, O, w);
-  im2col_conv2d_backward(dinp, dweight, dbias, dout, inp, weight, B, g, O, w);
-}
-
 // ---- ConvTranspose2d -----------------------------------------------------------------------
 
 // The transposed convolution from (C_in, H, W) to (C_out, Ho, Wo), Ho = (H − 1)·s − 2p + k
@@ -492,7 +474,7 @@ inline ConvGeom conv_transpose_geom(Index C_out, Index H, Index W, Index k, Inde
 // examples, X (C_in, n·P) their gathered inputs, K' = C_out·k·k, P = H·W:
 //   col (K', n·P) = Wᵀ (K', C_in) · X;  out_b = col2im(b-th block of col) + bias.
 template <class T>
-void conv_transpose2d_forward(T* out, const T* inp, const T* weight, const T* bias, Index B, Index C_in,
+void im2col_conv_transpose2d_forward(T* out, const T* inp, const T* weight, const T* bias, Index B, Index C_in,
                               const ConvGeom& og, ConvWork<T>& w) {
   const Index K = og.patch(), P = og.positions(), N = og.in_size(), HW = og.H * og.W;
   const Chunks ch(B, P);
@@ -523,7 +505,7 @@ void conv_transpose2d_forward(T* out, const T* inp, const T* weight, const T* bi
 //   dweight (C_in, K')  += Σ_groups X · dcolᵀ (n·P, K')
 //   dbias (C_out)       += Σ_b Σ_positions dout_b[c]
 template <class T>
-void conv_transpose2d_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight,
+void im2col_conv_transpose2d_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight,
                                Index B, Index C_in, const ConvGeom& og, ConvWork<T>& w) {
   const Index K = og.patch(), P = og.positions(), N = og.in_size(), HW = og.H * og.W, Co = og.C;
   const Index NP = C_in * K + Co;
@@ -701,3 +683,41 @@ void group_norm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* 
 }  // namespace elbokit
 
 #include "elbokit/winograd.hpp"
+#include "elbokit/winograd_s2.hpp"
+
+namespace elbokit {
+
+// ---- The dispatch: Winograd where it applies, im2col + GEMM otherwise (same results up to rounding)
+//   winograd_applies:  a 3×3 kernel at stride 1 on even sides, F(2×2, 3×3) (winograd.hpp);
+//   winograd_s2_auto:  a 4×4 kernel at stride 2 on an even padded image of ≥ 8 channels (for
+//                      ConvTranspose2d: ≥ 8 output channels), F(2×2, 2×2) on phases (winograd_s2.hpp).
+
+template <class T>
+void conv2d_forward(T* out, const T* inp, const T* weight, const T* bias, Index B, const ConvGeom& g, Index O,
+                    ConvWork<T>& w) {
+  if (winograd_applies(g)) return winograd_conv2d_forward(out, inp, weight, bias, B, g, O, w);
+  if (winograd_s2_auto(g)) return winograd_s2_conv2d_forward(out, inp, weight, bias, B, g, O, w);
+  im2col_conv2d_forward(out, inp, weight, bias, B, g, O, w);
+}
+template <class T>
+void conv2d_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight, Index B,
+                     const ConvGeom& g, Index O, ConvWork<T>& w) {
+  if (winograd_applies(g)) return winograd_conv2d_backward(dinp, dweight, dbias, dout, inp, weight, B, g, O, w);
+  if (winograd_s2_auto(g)) return winograd_s2_conv2d_backward(dinp, dweight, dbias, dout, inp, weight, B, g, O, w);
+  im2col_conv2d_backward(dinp, dweight, dbias, dout, inp, weight, B, g, O, w);
+}
+template <class T>
+void conv_transpose2d_forward(T* out, const T* inp, const T* weight, const T* bias, Index B, Index C_in,
+                              const ConvGeom& og, ConvWork<T>& w) {
+  if (winograd_s2_auto(og)) return winograd_s2_conv_transpose2d_forward(out, inp, weight, bias, B, C_in, og, w);
+  im2col_conv_transpose2d_forward(out, inp, weight, bias, B, C_in, og, w);
+}
+template <class T>
+void conv_transpose2d_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight,
+                               Index B, Index C_in, const ConvGeom& og, ConvWork<T>& w) {
+  if (winograd_s2_auto(og))
+    return winograd_s2_conv_transpose2d_backward(dinp, dweight, dbias, dout, inp, weight, B, C_in, og, w);
+  im2col_conv_transpose2d_backward(dinp, dweight, dbias, dout, inp, weight, B, C_in, og, w);
+}
+
+}  // namespace elbokit

@@ -430,10 +430,7 @@ void winograd_conv2d_backward(T* dinp, T* dweight, T* dbias, const T* dout, cons
   T* Uf = U + NU;
   wino::weight_transform(U, weight, O, C);
   if (dinp) {
-    w.flipped.resize(size_t(C * O * 9));
-    for (Index c = 0; c < C; ++c)
-      for (Index o = 0; o < O; ++o)
-        for (Index i = 0; i < 9; ++i) w.flipped[size_t((c * O + o) * 9 + i)] = weight[(o * C + c) * 9 + (8 - i)];
+    flip_kernel(w.flipped, weight, O, C, Index(3));
     wino::weight_transform(Uf, w.flipped.data(), C, O);
   }
 #pragma omp parallel for schedule(dynamic, 1) if (conv_parallel(6.0 * B * O * C * 16 * Tn, ch.count))
