@@ -202,8 +202,19 @@ def test_conv2d_winograd_s2_equals_im2col(case, dtype, rng):
     assert res["im2col"][4].shape == (B, C, H, W)
     for a, b_ in zip(res["winograd"], res["im2col"]):
         assert rel_err(a, b_) < tol
-    for a, b_ in zip(res["winograd" if C >= 8 else "im2col"], res["auto"]):
+    auto = k_.auto_algorithm(C, H, W, 4, 2, p)
+    assert auto == k_.auto_algorithm(C, H, W, 4, 2, p, transpose=True)
+    assert auto == ("winograd_s2" if fast_s2_path(dtype, C, W, p) else "im2col")
+    for a, b_ in zip(res["winograd" if auto == "winograd_s2" else "im2col"], res["auto"]):
         assert a.tobytes() == b_.tobytes()
+
+
+def fast_s2_path(dtype, C, W, p):
+    """Where "auto" takes F(2x2, 2x2) (winograd_s2.hpp): its float32 AVX-512 fast paths (the engine is
+    built with -march=native, so on an AVX-512 core), 8 channels or more, padded rows of <= 32 entries."""
+    with open("/proc/cpuinfo") as f:
+        avx512 = "avx512f" in f.read().split()
+    return dtype == "float32" and avx512 and C >= 8 and W + 2 * p <= 32
 
 
 def test_conv2d_algorithm_is_checked():

@@ -57,8 +57,9 @@ std::string s(Index v) { return std::to_string(v); }
 // "im2col"; "winograd", which must apply to the geometry): 0 im2col + GEMM, 1 Winograd F(2x2, 3x3)
 // (3x3, stride 1, even sides), 2 Winograd F(2x2, 2x2) on phases (4x4, stride 2, even padded sides).
 // conv: a Conv2d; otherwise a ConvTranspose2d, g its adjoint Conv2d's geometry.
+template <class T>
 int conv_algorithm(const std::string& algorithm, const ConvGeom& g, bool conv) {
-  if (algorithm == "auto") return conv && winograd_applies(g) ? 1 : winograd_s2_auto(g) ? 2 : 0;
+  if (algorithm == "auto") return conv && winograd_applies(g) ? 1 : winograd_s2_auto<T>(g) ? 2 : 0;
   if (algorithm == "im2col") return 0;
   if (algorithm == "winograd") {
     if (conv && winograd_applies(g)) return 1;
@@ -86,10 +87,19 @@ void bind_conv_for(py::module_& k) {
     check_conv_geom(g, "conv2d", false);
     return g;
   };
+  k.def("auto_algorithm", [](Index C, Index H, Index W, Index kernel, Index stride, Index padding, bool transpose) {
+    const ConvGeom g{C, H, W, kernel, stride, padding};
+    check_conv_geom(g, "auto_algorithm", false);
+    const int a = conv_algorithm<T>("auto", g, !transpose);
+    return std::string(a == 1 ? "winograd" : a == 2 ? "winograd_s2" : "im2col");
+  }, py::arg("C"), py::arg("H"), py::arg("W"), py::arg("kernel"), py::arg("stride"), py::arg("padding"),
+     py::arg("transpose") = false,
+     "The algorithm algorithm='auto' (the models' layers) takes for a Conv2d from (C, H, W), or (transpose) a "
+     "ConvTranspose2d to (C, H, W): 'im2col', 'winograd' (F(2x2, 3x3)) or 'winograd_s2' (F(2x2, 2x2) on phases).");
   k.def("conv2d_forward", [conv_geom](const Arr<T>& x, const Arr<T>& weight, std::optional<Arr<T>> bias,
                                       Index stride, Index padding, const std::string& algorithm) {
     const ConvGeom g = conv_geom(x, weight, stride, padding);
-    const int algo = conv_algorithm(algorithm, g, true);
+    const int algo = conv_algorithm<T>(algorithm, g, true);
     const Index B = x.shape(0), O = weight.shape(0);
     if (bias) check_dims("bias", *bias, {O}, "(" + s(O) + ",)");
     check_finite_arr("x", x);
@@ -106,7 +116,7 @@ void bind_conv_for(py::module_& k) {
   k.def("conv2d_backward", [conv_geom](const Arr<T>& dout, const Arr<T>& x, const Arr<T>& weight, Index stride,
                                        Index padding, const std::string& algorithm) {
     const ConvGeom g = conv_geom(x, weight, stride, padding);
-    const int algo = conv_algorithm(algorithm, g, true);
+    const int algo = conv_algorithm<T>(algorithm, g, true);
     const Index B = x.shape(0), O = weight.shape(0);
     check_dims("dout", dout, {B, O, g.Ho(), g.Wo()}, dims_str({B, O, g.Ho(), g.Wo()}));
     Arr<T> dx = zeros<T>(dims(x)), dw = zeros<T>(dims(weight)), db = zeros<T>({O});
@@ -140,7 +150,7 @@ void bind_conv_for(py::module_& k) {
                                                  std::optional<Arr<T>> bias, Index stride, Index padding,
                                                  const std::string& algorithm) {
     const ConvGeom og = convt_geom(x, weight, stride, padding);
-    const int algo = conv_algorithm(algorithm, og, false);
+    const int algo = conv_algorithm<T>(algorithm, og, false);
     const Index B = x.shape(0), Ci = x.shape(1);
     if (bias) check_dims("bias", *bias, {og.C}, "(" + s(og.C) + ",)");
     check_finite_arr("x", x);
@@ -157,7 +167,7 @@ void bind_conv_for(py::module_& k) {
   k.def("conv_transpose2d_backward", [convt_geom](const Arr<T>& dout, const Arr<T>& x, const Arr<T>& weight,
                                                   Index stride, Index padding, const std::string& algorithm) {
     const ConvGeom og = convt_geom(x, weight, stride, padding);
-    const int algo = conv_algorithm(algorithm, og, false);
+    const int algo = conv_algorithm<T>(algorithm, og, false);
     const Index B = x.shape(0), Ci = x.shape(1);
     check_dims("dout", dout, {B, og.C, og.H, og.W}, dims_str({B, og.C, og.H, og.W}));
     Arr<T> dx = zeros<T>(dims(x)), dw = zeros<T>(dims(weight)), db = zeros<T>({og.C});

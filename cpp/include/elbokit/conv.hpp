@@ -689,33 +689,34 @@ namespace elbokit {
 
 // ---- The dispatch: Winograd where it applies, im2col + GEMM otherwise (same results up to rounding)
 //   winograd_applies:  a 3×3 kernel at stride 1 on even sides, F(2×2, 3×3) (winograd.hpp);
-//   winograd_s2_auto:  a 4×4 kernel at stride 2 on an even padded image of ≥ 8 channels (for
-//                      ConvTranspose2d: ≥ 8 output channels), F(2×2, 2×2) on phases (winograd_s2.hpp).
+//   winograd_s2_auto:  float32 on AVX-512, a 4×4 kernel at stride 2 on an even padded image of at most
+//                      32 columns and ≥ 8 channels (for ConvTranspose2d: its output's), F(2×2, 2×2) on
+//                      phases (winograd_s2.hpp).
 
 template <class T>
 void conv2d_forward(T* out, const T* inp, const T* weight, const T* bias, Index B, const ConvGeom& g, Index O,
                     ConvWork<T>& w) {
   if (winograd_applies(g)) return winograd_conv2d_forward(out, inp, weight, bias, B, g, O, w);
-  if (winograd_s2_auto(g)) return winograd_s2_conv2d_forward(out, inp, weight, bias, B, g, O, w);
+  if (winograd_s2_auto<T>(g)) return winograd_s2_conv2d_forward(out, inp, weight, bias, B, g, O, w);
   im2col_conv2d_forward(out, inp, weight, bias, B, g, O, w);
 }
 template <class T>
 void conv2d_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight, Index B,
                      const ConvGeom& g, Index O, ConvWork<T>& w) {
   if (winograd_applies(g)) return winograd_conv2d_backward(dinp, dweight, dbias, dout, inp, weight, B, g, O, w);
-  if (winograd_s2_auto(g)) return winograd_s2_conv2d_backward(dinp, dweight, dbias, dout, inp, weight, B, g, O, w);
+  if (winograd_s2_auto<T>(g)) return winograd_s2_conv2d_backward(dinp, dweight, dbias, dout, inp, weight, B, g, O, w);
   im2col_conv2d_backward(dinp, dweight, dbias, dout, inp, weight, B, g, O, w);
 }
 template <class T>
 void conv_transpose2d_forward(T* out, const T* inp, const T* weight, const T* bias, Index B, Index C_in,
                               const ConvGeom& og, ConvWork<T>& w) {
-  if (winograd_s2_auto(og)) return winograd_s2_conv_transpose2d_forward(out, inp, weight, bias, B, C_in, og, w);
+  if (winograd_s2_auto<T>(og)) return winograd_s2_conv_transpose2d_forward(out, inp, weight, bias, B, C_in, og, w);
   im2col_conv_transpose2d_forward(out, inp, weight, bias, B, C_in, og, w);
 }
 template <class T>
 void conv_transpose2d_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight,
                                Index B, Index C_in, const ConvGeom& og, ConvWork<T>& w) {
-  if (winograd_s2_auto(og))
+  if (winograd_s2_auto<T>(og))
     return winograd_s2_conv_transpose2d_backward(dinp, dweight, dbias, dout, inp, weight, B, C_in, og, w);
   im2col_conv_transpose2d_backward(dinp, dweight, dbias, dout, inp, weight, B, C_in, og, w);
 }
