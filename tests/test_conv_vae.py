@@ -44,6 +44,7 @@ def torch_grads(ref, x, eps, kl):
     ("bernoulli", "tanh", (4, 6), "analytic"),
     ("gaussian", "silu", (3,), "mc"),
     ("bernoulli", "relu", (2, 3, 4), "analytic"),
+    ("bernoulli", "relu", (8, 16), "analytic"),  # float32: Winograd F(2x2, 2x2) for the 8 -> 16 layers
 ])
 def test_conv_vae_elbo_and_gradient_match_torch(digits, likelihood, activation, channels, kl):
     vae = conv_vae(likelihood, channels, activation)
@@ -66,6 +67,11 @@ def test_conv_vae_elbo_and_gradient_match_torch(digits, likelihood, activation, 
                  activation=activation, dtype="float32")
     v32.set_parameters(vae.parameters())
     assert_close(v32.elbo(x, eps=eps, kl=kl).elbo, elbo.numpy(), 1e-5, 1e-4, "float32 elbo")
+    # and its gradient, within float32's precision of the largest entry of each parameter's gradient
+    _, g32 = v32.elbo_grad(x, eps=eps, kl=kl)
+    for name in expected:
+        scale = float(np.max(np.abs(expected[name])))
+        assert_close(g32[name], expected[name], 1e-4, 1e-5 * scale, f"float32 grad {name}")
 
 
 def test_torch_conv_weights_load_by_name_and_init_is_torch_default():
