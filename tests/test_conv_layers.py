@@ -251,27 +251,32 @@ def fd_check(f, args, grads, rng, h=1e-5):
     return max(errs)
 
 
-@pytest.mark.parametrize("case", CONV_CASES[:3] + WINOGRAD_CASES[:3] + S2_CASES[:3])
-def test_conv2d_backward_finite_differences(case, rng):
+@pytest.mark.parametrize("case,algo", [(c, "auto") for c in CONV_CASES[:3] + WINOGRAD_CASES[:3]]
+                         + [(c, "winograd") for c in S2_CASES[:3]])
+def test_conv2d_backward_finite_differences(case, algo, rng):
+    """Float64 "auto" runs the stride-2 4x4 layers by im2col, so their F(2x2, 2x2) path is asked for by
+    name: the algorithm itself (its portable transforms) against finite differences."""
     B, C, H, W, O, k, s, p = case
     x, w, b = rng.normal(size=(B, C, H, W)), rng.normal(size=(O, C, k, k)), rng.normal(size=O)
     k64 = K["float64"]
-    y = k64.conv2d_forward(x, w, b, stride=s, padding=p)
+    y = k64.conv2d_forward(x, w, b, stride=s, padding=p, algorithm=algo)
     dout = rng.normal(size=y.shape)
-    grads = k64.conv2d_backward(dout, x, w, stride=s, padding=p)
-    J = lambda x, w, b: float(np.sum(dout * k64.conv2d_forward(x, w, b, stride=s, padding=p)))
+    grads = k64.conv2d_backward(dout, x, w, stride=s, padding=p, algorithm=algo)
+    J = lambda x, w, b: float(np.sum(dout * k64.conv2d_forward(x, w, b, stride=s, padding=p, algorithm=algo)))
     assert fd_check(J, [x, w, b], grads, rng) < 1e-6
 
 
-@pytest.mark.parametrize("case", CONVT_CASES[:3] + CONVT_S2_CASES[:3])
-def test_conv_transpose2d_backward_finite_differences(case, rng):
+@pytest.mark.parametrize("case,algo", [(c, "auto") for c in CONVT_CASES[:3]]
+                         + [(c, "winograd") for c in CONVT_S2_CASES[:3]])
+def test_conv_transpose2d_backward_finite_differences(case, algo, rng):
     B, C, H, W, O, k, s, p = case
     x, w, b = rng.normal(size=(B, C, H, W)), rng.normal(size=(C, O, k, k)), rng.normal(size=O)
     k64 = K["float64"]
-    y = k64.conv_transpose2d_forward(x, w, b, stride=s, padding=p)
+    y = k64.conv_transpose2d_forward(x, w, b, stride=s, padding=p, algorithm=algo)
     dout = rng.normal(size=y.shape)
-    grads = k64.conv_transpose2d_backward(dout, x, w, stride=s, padding=p)
-    J = lambda x, w, b: float(np.sum(dout * k64.conv_transpose2d_forward(x, w, b, stride=s, padding=p)))
+    grads = k64.conv_transpose2d_backward(dout, x, w, stride=s, padding=p, algorithm=algo)
+    J = lambda x, w, b: float(np.sum(dout * k64.conv_transpose2d_forward(x, w, b, stride=s, padding=p,
+                                                                         algorithm=algo)))
     assert fd_check(J, [x, w, b], grads, rng) < 1e-6
 
 

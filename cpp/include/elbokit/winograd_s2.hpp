@@ -25,6 +25,12 @@
 // V_ξ the rows c'·9 + ξ; M (O, 9, ld). The planes are stored split once more into their even and
 // odd columns, E_r[t] = P[r, 2t], O_r[t] = P[r, 2t + 1], so that tile tx reads E[tx], O[tx],
 // E[tx + 1] and every transform loop runs over contiguous entries. Deterministic as conv.hpp's layers.
+//
+// Two implementations of the transforms: float32 AVX-512 paths for padded rows of at most 32
+// entries (the ones conv.hpp's dispatch takes, winograd_s2_auto), and portable ones for any type and
+// width, which measured no faster than im2col and run only when asked for by name
+// (algorithm="winograd" in the bindings): they are the float64 form of the same algorithm, against
+// which the tests check it (finite differences, im2col, torch).
 #pragma once
 
 #include <algorithm>
@@ -230,7 +236,7 @@ void input_transform_adjoint(T* sp, const T* dV, Index ld, Index col0, const Geo
 }
 
 // Output transform of one channel: y (Ho, Wo) = (add: +=) Aᵀ M A + bias, m its 9 rows (stride ld).
-// rows: scratch of 2·L entries.
+// rows: scratch of 4·L entries.
 template <bool add, class T>
 void output_transform(T* y, const T* m, Index ld, const Geom& s, T bias, T* rows) {
   const Index Tw = s.Tw;
@@ -461,6 +467,16 @@ Bufs<T> bufs(ConvWork<T>& w, const Geom& s) {
 // Sizes for ConvWork::ensure_cols: the group's columns ld, O output channels.
 inline Index ld_of(const Chunks& ch, const Geom& s) { return ch.nb * s.T + 16; }
 
+// The buffers of a call on B images of geometry g with O output channels (ensure_cols), and U (9, O,
+// C') = the transformed weight (O, C, 4, 4) in w.wino; returns U.
+template <class T>
+const T* prepare(ConvWork<T>& w, const T* weight, const ConvGeom& g, const Geom& s, Index ld, Index O) {
+  w.ensure_cols(9 * s.C4 * ld, 9 * O * ld, scratch_size(g));
+  w.wino.resize(size_t(9 * O * s.C4));
+  weight_transform(w.wino.data(), weight, O, g.C);
+  return w.wino.data();
+}
+
 // V of n images x (n, C, H, W) into b.V.
 template <class T>
 void tiles(const Bufs<T>& b, Index ld, const T* x, Index n, const ConvGeom& g, const Geom& s) {
@@ -555,10 +571,7 @@ void winograd_s2_conv2d_forward(T* out, const T* inp, const T* weight, const T* 
   const wino2::Geom s(g);
   const Chunks ch(B, s.T);
   const Index ld = wino2::ld_of(ch, s);
-  w.ensure_cols(9 * s.C4 * ld, 9 * O * ld, wino2::scratch_size(g));
-  w.wino.resize(size_t(9 * O * s.C4));
-  wino2::weight_transform(w.wino.data(), weight, O, g.C);
-  const T* U = w.wino.data();
+  const T* U = wino2::prepare(w, weight, g, s, ld, O);
 #pragma omp parallel for schedule(static) if (conv_parallel(2.0 * B * O * s.C4 * 9 * s.T, ch.groups))
   for (Index gi = 0; gi < ch.groups; ++gi) {
     const Index b0 = ch.group_begin(gi), n = ch.group_len(gi);
@@ -579,11 +592,8 @@ void winograd_s2_backward(T* dthrough, bool adjoint, T* dweight, T* dbias, const
   const wino2::Geom s(g);
   const Chunks ch(B, s.T);
   const Index ld = wino2::ld_of(ch, s), NU = 9 * O * s.C4, NP = NU + bias_n, P = s.Ho * s.Wo;
-  w.ensure_cols(9 * s.C4 * ld, 9 * O * ld, wino2::scratch_size(g));
+  const T* U = wino2::prepare(w, weight, g, s, ld, O);
   T* part = w.ensure_partials(ch.count, NP);
-  w.wino.resize(size_t(NU));
-  wino2::weight_transform(w.wino.data(), weight, O, g.C);
-  const T* U = w.wino.data();
 #pragma omp parallel for schedule(dynamic, 1) if (conv_parallel(6.0 * B * O * s.C4 * 9 * s.T, ch.count))
   for (Index c = 0; c < ch.count; ++c) {
     const auto b = wino2::bufs(w, s);
@@ -631,10 +641,7 @@ void winograd_s2_conv_transpose2d_forward(T* out, const T* inp, const T* weight,
   const wino2::Geom s(og);
   const Chunks ch(B, s.T);
   const Index ld = wino2::ld_of(ch, s), N = og.in_size(), HW = og.H * og.W, P = s.Ho * s.Wo;
-  w.ensure_cols(9 * s.C4 * ld, 9 * C_in * ld, wino2::scratch_size(og));
-  w.wino.resize(size_t(9 * C_in * s.C4));
-  wino2::weight_transform(w.wino.data(), weight, C_in, og.C);
-  const T* U = w.wino.data();
+  const T* U = wino2::prepare(w, weight, og, s, ld, C_in);
 #pragma omp parallel for schedule(static) if (conv_parallel(2.0 * B * C_in * s.C4 * 9 * s.T, ch.groups))
   for (Index gi = 0; gi < ch.groups; ++gi) {
     const Index b0 = ch.group_begin(gi), n = ch.group_len(gi);
