@@ -314,10 +314,9 @@ inline void interleave2(T* row, const T* even, const T* odd, Index n) {
   if constexpr (std::is_same_v<T, float>) {
     const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-    auto mask = [](Index r) { return r >= 16 ? __mmask16(0xffff) : __mmask16((1u << r) - 1); };
     for (Index v = 0; v < n; v += 16) {
       const Index r = std::min<Index>(16, n - v), r0 = std::min<Index>(16, 2 * r), r1 = 2 * r - r0;
-      const __mmask16 m = mask(r), m0 = mask(r0), m1 = mask(r1);
+      const __mmask16 m = lanes16(r), m0 = lanes16(r0), m1 = lanes16(r1);
       const __m512 e = _mm512_maskz_loadu_ps(m, even + v), o = _mm512_maskz_loadu_ps(m, odd + v);
       __m512 a = _mm512_permutex2var_ps(e, lo, o), b = _mm512_permutex2var_ps(e, hi, o);
       float* d = row + 2 * v;
