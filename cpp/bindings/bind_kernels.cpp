@@ -80,7 +80,24 @@ void bind_kernels_for(py::module_& k) {
         "x (B, D), logits (S*B, D) -> (log p (S*B) = sum_j x*l - softplus(l), sigmoid(logits) (S*B, D)).");
 }
 
+// value_range(a) -> (min, max) of a C-contiguous float32 or float64 array, NaN when any entry is
+// NaN: the input checks of large arrays (_validation.as_array) in one parallel pass.
+template <class T>
+void bind_value_range(py::module_& m) {
+  m.def("value_range", [](py::array_t<T, py::array::c_style> a) {
+    if (a.size() == 0) fail("a must not be empty, got an array of size 0");
+    T lo, hi;
+    {
+      py::gil_scoped_release nogil;
+      simd::value_range(a.data(), Index(a.size()), lo, hi);
+    }
+    return py::make_tuple(double(lo), double(hi));
+  }, py::arg("a"), "(min, max) of a float32/float64 array in one pass, both NaN when any entry is NaN.");
+}
+
 void bind_kernels(py::module_& m) {
+  bind_value_range<float>(m);
+  bind_value_range<double>(m);
   auto k = m.def_submodule("kernels", "element-wise kernels, exposed for tests");
   auto k32 = k.def_submodule("float32");
   auto k64 = k.def_submodule("float64");

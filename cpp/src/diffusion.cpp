@@ -464,11 +464,8 @@ DiffusionElboTerms Diffusion<T>::elbo_denoising(CMatRef<T> x0, uint64_t seed, In
       const Index p = p0 + r, b = p / Tn, t = p % Tn + 1;
       tt[size_t(r)] = t;
       const double ab = sch_.alphas_cumprod[size_t(t)];
-      for (Index j = 0; j < D; ++j) {
-        const T e = T(normal_at(seed, streams::kDiffusionElbo, uint64_t(row0 * Tn + p) * uint64_t(D) + uint64_t(j)));
-        eps(r, j) = e;
-        w.xt(r, j) = T(std::sqrt(ab)) * x0(b, j) + T(std::sqrt(1.0 - ab)) * e;
-      }
+      fill_normal_serial(eps.row(r).data(), D, seed, streams::kDiffusionElbo, uint64_t(row0 * Tn + p) * uint64_t(D));
+      for (Index j = 0; j < D; ++j) w.xt(r, j) = T(std::sqrt(ab)) * x0(b, j) + T(std::sqrt(1.0 - ab)) * eps(r, j);
     }
     net_forward(w.xt.data(), tt.data(), R, w);
     const bool learned = var_ == VarianceKind::Learned;
@@ -536,15 +533,17 @@ DiffusionElboTerms Diffusion<T>::elbo_consistency(CMatRef<T> x0, uint64_t seed, 
     std::vector<Index>& tt = w.t;
     chain.resize(R, D);
     tt.resize(size_t(R));
+    std::vector<double> noise(static_cast<size_t>(D));  // one step's forward-chain noise
     for (Index b = 0; b < bc; ++b) {
       for (Index t = 1; t <= Tn; ++t) {
         const Index r = b * Tn + t - 1;
         tt[size_t(r)] = t;
         const double sa = std::sqrt(sch_.alphas[size_t(t)]), sb = std::sqrt(sch_.betas[size_t(t)]);
+        fill_normal_serial(noise.data(), D, seed, streams::kDiffusionChain,
+                           (uint64_t(row0 + b0 + b) * uint64_t(Tn) + uint64_t(t - 1)) * uint64_t(D));
         for (Index j = 0; j < D; ++j) {
           const double prev = t == 1 ? double(x0(b0 + b, j)) : double(chain(r - 1, j));
-          const uint64_t idx = (uint64_t(row0 + b0 + b) * uint64_t(Tn) + uint64_t(t - 1)) * uint64_t(D) + uint64_t(j);
-          chain(r, j) = T(sa * prev + sb * normal_at(seed, streams::kDiffusionChain, idx));
+          chain(r, j) = T(sa * prev + sb * noise[j]);
         }
       }
     }

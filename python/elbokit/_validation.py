@@ -6,6 +6,8 @@ import numbers
 
 import numpy as np
 
+from . import _core
+
 __all__ = ["as_matrix", "as_array", "check_int", "check_float", "check_bool", "check_choice", "check_widths", "DTYPES",
            "check_count", "check_num_params", "mlp_params", "MAX_INT", "MAX_ELEMENTS"]
 
@@ -16,6 +18,8 @@ MAX_INT = 2 ** 63 - 1
 # Most numbers in one array or parameter vector the engine allocates on request (sample(n), a
 # model's parameters): 2^31 - 1, the products' (32-bit BLAS) and a float32 vector's 8 GiB limit.
 MAX_ELEMENTS = 2 ** 31 - 1
+# Arrays of at least this many entries get their range from the engine in one parallel pass.
+_RANGE_IN_ENGINE = 1 << 16
 
 
 def _describe(x) -> str:
@@ -49,9 +53,13 @@ def as_array(name: str, x, dtype, ndim: int | None = None, shape: tuple | None =
     if a.size == 0:
         raise ValueError(f"{name} must not be empty, got shape {a.shape}")
     a = np.ascontiguousarray(a, dtype=dtype)
-    # min and max propagate NaN and show infinities: both finite means every entry is (two
-    # reductions without a temporary, where isfinite(a).all() builds a boolean array)
-    lo, hi = a.min(), a.max()
+    # min and max propagate NaN and show infinities: both finite means every entry is. A large
+    # float array is read once, on the engine's threads (value_range); a small one by NumPy's two
+    # reductions (without the temporary of isfinite(a).all()).
+    if a.size >= _RANGE_IN_ENGINE and a.dtype in (np.float32, np.float64):
+        lo, hi = _core.value_range(a.reshape(-1))
+    else:
+        lo, hi = a.min(), a.max()
     if not (np.isfinite(lo) and np.isfinite(hi)):
         bad = np.argwhere(~np.isfinite(a))[0]
         raise ValueError(f"{name} must contain only finite values, got {a[tuple(bad)]} at index {tuple(int(i) for i in bad)}")

@@ -11,6 +11,9 @@
 // tiles and threads can split arrays anywhere without changing a bit.
 #pragma once
 
+#include <limits>
+#include <type_traits>
+
 #include "elbokit/common.hpp"
 
 namespace elbokit {
@@ -71,11 +74,96 @@ inline P select(const P& mask, const P& a, const P& b) {
   return ei::pselect(mask, a, b);
 }
 
+// log u for u in [1, 2] (float packets): Cephes' logf polynomial (the one inside Eigen's plog) on
+// m − 1, m = u or u/2 in [√½, √2), with no exponent extraction and none of the general log's
+// special cases (zero, negative, infinite, denormal inputs), which u in [1, 2] never has. Eigen's
+// plog spends about three quarters of the Bernoulli likelihood's time on them (AVX-512, 256 x 784
+// logits: 0.95 of 0.99 ns per entry). Double packets keep Eigen's plog.
+template <class P>
+inline P log_1to2(const P& u) {
+  using T = typename ei::unpacket_traits<P>::type;
+  if constexpr (!std::is_same_v<T, float>) {
+    return ei::plog(u);
+  } else {
+    const P high = ei::pcmp_lt(ei::pset1<P>(1.41421356237f), u);  // m = u/2, and log 2 added
+    const P f = ei::psub(select(high, ei::pmul(u, ei::pset1<P>(0.5f)), u), one<P>());
+    const P z = ei::pmul(f, f);
+    // the degree-8 polynomial c0 + c1 f + ... + c8 f^8 by Estrin's scheme (four levels of
+    // products instead of Horner's eight dependent ones)
+    auto c = [](float v) { return ei::pset1<P>(v); };
+    const P z2 = ei::pmul(z, z);
+    const P p01 = ei::pmadd(c(-2.4999993993e-1f), f, c(3.3333331174e-1f));
+    const P p23 = ei::pmadd(c(-1.6668057665e-1f), f, c(2.0000714765e-1f));
+    const P p45 = ei::pmadd(c(-1.2420140846e-1f), f, c(1.4249322787e-1f));
+    const P p67 = ei::pmadd(c(-1.1514610310e-1f), f, c(1.1676998740e-1f));
+    const P p03 = ei::pmadd(p23, z, p01), p47 = ei::pmadd(p67, z, p45);
+    const P p08 = ei::pmadd(ei::pmadd(c(7.0376836292e-2f), z2, p47), z2, p03);
+    P y = p08;
+    y = ei::pmul(ei::pmul(y, f), z);
+    // log 2 = 0.693359375 − 2.12194440e-4, the first part exact in float
+    const P k = ei::pand(high, one<P>());
+    y = ei::pmadd(k, ei::pset1<P>(-2.12194440e-4f), y);
+    y = ei::pmadd(z, ei::pset1<P>(-0.5f), y);
+    return ei::pmadd(k, ei::pset1<P>(0.693359375f), ei::padd(f, y));
+  }
+}
+
 // log1p(e) for e in [0, 1] given u = 1 + e and r = 1/u: log(u) − ((u − 1) − e)/u corrects the
 // rounding of u to first order (exact to a few ulps; e when u rounds to 1).
 template <class P>
 inline P log1p_given(const P& e, const P& u, const P& r) {
-  return ei::psub(ei::plog(u), ei::pmul(ei::psub(ei::psub(u, one<P>()), e), r));
+  return ei::psub(log_1to2(u), ei::pmul(ei::psub(ei::psub(u, one<P>()), e), r));
+}
+
+// value_range: the smallest and largest entries of a[0:n] (n >= 1), both NaN when any entry is
+// NaN (as NumPy's min and max), in one pass over blocks on the threads: the input checks of large
+// arrays read them once instead of twice. min and max are exact, so no split changes the result.
+template <class T>
+void value_range(const T* a, Index n, T& lo, T& hi) {
+  using P = Packet<T>;
+  constexpr Index W = lanes<T>(), kBlock = Index(1) << 16;
+  const Index nb = ceil_div(n, kBlock);
+  std::vector<T> blo(static_cast<size_t>(nb)), bhi(static_cast<size_t>(nb));
+  std::vector<char> bnan(static_cast<size_t>(nb));
+#pragma omp parallel for schedule(static) if (nb > 1)
+  for (Index k = 0; k < nb; ++k) {
+    const Index o = k * kBlock, len = std::min(kBlock, n - o);
+    T mn = a[o], mx = a[o];
+    bool nan = a[o] != a[o];
+    Index i = 0;
+    if (len >= W) {
+      P vmn = ei::ploadu<P>(a + o), vmx = vmn, ordered = ei::pcmp_eq(vmn, vmn);
+      for (i = W; i + W <= len; i += W) {
+        const P v = ei::ploadu<P>(a + o + i);
+        vmn = ei::pmin(vmn, v);
+        vmx = ei::pmax(vmx, v);
+        ordered = ei::pand(ordered, ei::pcmp_eq(v, v));
+      }
+      mn = ei::predux_min(vmn);
+      mx = ei::predux_max(vmx);
+      alignas(64) T ok[W];
+      ei::pstoreu(ok, ordered);
+      for (Index j = 0; j < W; ++j) nan = nan || ok[j] == T(0);  // a lane's mask: all ones (ordered) or zero
+    }
+    for (; i < len; ++i) {
+      const T v = a[o + i];
+      nan = nan || v != v;
+      mn = std::min(mn, v);
+      mx = std::max(mx, v);
+    }
+    blo[size_t(k)] = mn;
+    bhi[size_t(k)] = mx;
+    bnan[size_t(k)] = nan;
+  }
+  lo = blo[0];
+  hi = bhi[0];
+  bool nan = false;
+  for (Index k = 0; k < nb; ++k) {
+    nan = nan || bnan[size_t(k)];
+    lo = std::min(lo, blo[size_t(k)]);
+    hi = std::max(hi, bhi[size_t(k)]);
+  }
+  if (nan) lo = hi = std::numeric_limits<T>::quiet_NaN();
 }
 
 }  // namespace simd
