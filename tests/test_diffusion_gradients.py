@@ -53,6 +53,32 @@ def test_loss_gradient_matches_finite_differences_and_torch(prediction, variance
     assert max(terrs.values()) < 1e-9, terrs
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_one_step_for_every_row_folds_the_embedding_into_layer_0(dtype, rng):
+    """When every row has the same t (a sampler's step), the MLP computes layer 0 as x_t · W[:, :D]ᵀ
+    plus the one row b + W[:, D:] · emb(t) (mlp.hpp). Its loss and gradient (the backward builds
+    concat(x_t, emb) for layer 0's weight gradient) against finite differences and torch, and against
+    the per-row path: the same rows with one more row of another t."""
+    m = make_model("epsilon", "small", "continuous", (6, 5), "silu", dtype=dtype)
+    x, _, eps = make_batch("continuous", rng, n=9)
+    t = np.full(9, 7)
+    J, g = m.loss_grad(x, t, eps, "elbo")
+    ref = from_elbokit(m)
+    Jt, per_t, gt = ref.loss_grad(x, t, eps, "elbo")
+    tol = 1e-10 if dtype == "float64" else 2e-5
+    assert np.allclose(m.loss(x, t, eps, "elbo"), per_t, rtol=tol, atol=tol)
+    assert max(rel_err(gt[n], g[n].astype(np.float64)) for n in gt) < (1e-9 if dtype == "float64" else 1e-4)
+    if dtype == "float64":
+        fd = fd_grad(lambda: m.loss(x, t, eps, "elbo").mean(), m.parameters(), m.set_parameters)
+        assert max(rel_err(fd[n], g[n]) for n in fd) < 1e-6
+    # the per-row path (rows of different t): the first nine rows' losses are the same numbers
+    x2, t2, e2 = np.vstack([x, x[:1]]), np.append(t, 3), np.vstack([eps, eps[:1]])
+    assert np.allclose(m.loss(x2, t2, e2, "elbo")[:9], m.loss(x, t, eps, "elbo"), rtol=10 * tol, atol=10 * tol)
+    # and the sampler, whose steps all fold: DDPM from the same seed is finite and seeded
+    a = m.sample(33, method="ddpm", seed=4)
+    assert np.isfinite(a).all() and np.array_equal(a, m.sample(33, method="ddpm", seed=4))
+
+
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
 def test_torch_matches_on_a_long_cosine_and_linear_schedule(schedule, rng):
     """The default network shape with T = 1000 and every step present once in the batch."""

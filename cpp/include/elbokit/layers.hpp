@@ -32,9 +32,12 @@ struct Tiling {
   Index len(Index t) const { return std::min(size, n - t * size); }
 };
 
-// linear_forward: out (B,O) = inp (B,I) · weightᵀ (I,O) + bias (O).
+// linear_forward: out (B,O) = inp (B,I) · weightᵀ (I,O) + bias (O). The weight's rows are ldw apart
+// (ldw > I: the first I columns of a wider weight; default I).
 template <class T>
-void linear_forward(T* out, const T* inp, const T* weight, const T* bias, Index B, Index I, Index O) {
+void linear_forward(T* out, const T* inp, const T* weight, const T* bias, Index B, Index I, Index O,
+                    Index ldw = -1) {
+  if (ldw < 0) ldw = I;
   MatMap<T> Y(out, B, O);  // (B, O)
   const Tiling tr(B, kTileRows), tc(O, kTileCols);
   const Index ntiles = tr.count * tc.count;
@@ -44,7 +47,7 @@ void linear_forward(T* out, const T* inp, const T* weight, const T* bias, Index 
     const Index r0 = tr.begin(t / tc.count), c0 = tc.begin(t % tc.count);
     const Index rb = tr.len(t / tc.count), cb = tc.len(t % tc.count);
     // Y[r0:r0+rb, c0:c0+cb] = X[r0:r0+rb, :] (rb,I) · W[c0:c0+cb, :]ᵀ (I,cb)
-    gemm<T>(false, true, rb, cb, I, inp + r0 * I, I, weight + c0 * I, I, T(0), out + r0 * O + c0, O);
+    gemm<T>(false, true, rb, cb, I, inp + r0 * I, I, weight + c0 * ldw, ldw, T(0), out + r0 * O + c0, O);
     auto Yt = Y.block(r0, c0, rb, cb);
     if (bias) {
       Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>> bt(bias + c0, cb);
