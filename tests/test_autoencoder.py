@@ -103,6 +103,31 @@ def test_training_lowers_reconstruction_error_and_is_thread_independent():
     assert -h.val_elbo[-1] < 0.8 * base
 
 
+@pytest.mark.parametrize("kind,hidden", [("plain", (32,)), ("contractive", ())])
+def test_encode_decode_and_validation_run_in_row_chunks(kind, hidden):
+    """encode, decode and the validation loss run in chunks of 256 rows on the threads (each row's
+    numbers are its chunk's): the same bits as the chunks alone and for 1 and 2 threads; the
+    validation loss is the mean of loss()'s per-row terms."""
+    train, _ = ek.datasets.digits()
+    ae = ek.Autoencoder(64, 8, hidden=hidden, kind=kind, seed=2)
+    x = np.ascontiguousarray(train[:600])
+    outs = []
+    for nt in (1, 2):
+        ek.set_num_threads(nt)
+        outs.append((ae.encode(x), ae.decode(ae.encode(x))))
+    ek.set_num_threads(2)
+    assert np.array_equal(outs[0][0], outs[1][0]) and np.array_equal(outs[0][1], outs[1][1])
+    code, rec = outs[1]
+    for lo, hi in ((0, 256), (256, 512), (512, 600)):
+        assert np.array_equal(ae.encode(x[lo:hi]), code[lo:hi]), (lo, hi)
+        assert np.array_equal(ae.decode(code[lo:hi]), rec[lo:hi]), (lo, hi)
+    h = ae.fit(x[:128], epochs=1, batch_size=128, progress=False, validation=x)
+    terms = ae.loss(x)
+    lam = ae.config["contraction"] if kind == "contractive" else 0.0
+    assert -h.val_elbo[-1] == pytest.approx(terms["reconstruction"].mean() + lam * terms["penalty"].mean(), rel=1e-5)
+    assert -h.val_elbo[-1] == pytest.approx(terms["loss"], rel=1e-5)
+
+
 def test_contractive_penalty_lowers_code_sensitivity():
     train, _ = ek.datasets.digits()
     x = train[:400]

@@ -69,23 +69,66 @@ void Autoencoder<T>::encode_raw(const T* x, Index B, Work& w) {
   activation_forward(w.y.data(), w.a.data(), B * cfg_.code_dim, code_act_);
 }
 
+// decode_raw: x̂ (B, D) = out(net_dec(y)) into w.out.
+template <class T>
+void Autoencoder<T>::decode_raw(const T* y, Index B, Work& w) {
+  const T* p = params_.data();
+  const T* hd = dec_.forward(p, y, B, w.dec);
+  w.out.resize(B, cfg_.x_dim);
+  linear_forward(w.out.data(), hd, p + out_.w, p + out_.b, B, out_.in, out_.out);
+}
+
+// encode, decode and evaluate run in chunks of kPipelineRows rows, each through the network on one
+// thread with its own buffers (common.hpp: row-chunk pipelines): the saved activations take
+// kPipelineRows rows per thread, not the whole input's.
 template <class T>
 Mat<T> Autoencoder<T>::encode(CMatRef<T> x) {
   check_cols("x", x.rows(), x.cols(), cfg_.x_dim);
   std::lock_guard<std::mutex> lock(mutex_);
-  encode_raw(x.data(), x.rows(), work_);
-  return work_.y;
+  Mat<T> out(x.rows(), cfg_.code_dim);
+  pool_.resize(size_t(max_threads()));
+  for_row_chunks(x.rows(), kPipelineRows, [&](Index b0, Index bc, int slot) {
+    Work& w = pool_[size_t(slot)];
+    encode_raw(x.data() + b0 * cfg_.x_dim, bc, w);
+    out.middleRows(b0, bc) = w.y;
+  });
+  return out;
 }
 
 template <class T>
 Mat<T> Autoencoder<T>::decode(CMatRef<T> y) {
   check_cols("code", y.rows(), y.cols(), cfg_.code_dim);
   std::lock_guard<std::mutex> lock(mutex_);
-  const T* p = params_.data();
-  const T* hd = dec_.forward(p, y.data(), y.rows(), work_.dec);
   Mat<T> out(y.rows(), cfg_.x_dim);
-  linear_forward(out.data(), hd, p + out_.w, p + out_.b, y.rows(), out_.in, out_.out);
+  pool_.resize(size_t(max_threads()));
+  for_row_chunks(y.rows(), kPipelineRows, [&](Index b0, Index bc, int slot) {
+    Work& w = pool_[size_t(slot)];
+    decode_raw(y.data() + b0 * cfg_.code_dim, bc, w);
+    out.middleRows(b0, bc) = w.out;
+  });
   return out;
+}
+
+// forward_terms: steps 1-2 of loss_grad for the rows xin (B, D) (x itself, or x + noise), whose
+// clean targets are x: the code, the reconstruction in w.out, and the per-row terms.
+template <class T>
+void Autoencoder<T>::forward_terms(const T* x, const T* xin, Index B, Work& w, AELossTerms& t) {
+  const Index C = cfg_.code_dim;
+  encode_raw(xin, B, w);
+  decode_raw(w.y.data(), B, w);
+  // per-example squared error and contractive penalty Σ_i s'(a_i)² ‖W_i‖² (MATH.md §9)
+  t.reconstruction = (CMatMap<T>(x, B, cfg_.x_dim) - w.out).rowwise().squaredNorm().template cast<double>();
+  t.penalty.setZero(B);
+  if (contractive_) {
+    const T* p = params_.data();
+    const Vec<double> wnorm2 = CMatMap<T>(p + code_.w, C, code_.in).template cast<double>().rowwise().squaredNorm();
+    for (Index b = 0; b < B; ++b)
+      for (Index i = 0; i < C; ++i) {
+        T d1, d2;
+        code_derivs(code_act_, w.y(b, i), d1, d2);
+        t.penalty[b] += double(d1) * double(d1) * wnorm2[i];
+      }
+  }
 }
 
 template <class T>
@@ -103,24 +146,12 @@ double Autoencoder<T>::loss_grad(CMatRef<T> x, CMatRef<T> noise, double scale, T
     w.xt = x + noise;
     xin = w.xt.data();
   }
-  encode_raw(xin, B, w);
-  const T* hd = dec_.forward(p, w.y.data(), B, w.dec);
-  w.out.resize(B, D);
-  linear_forward(w.out.data(), hd, p + out_.w, p + out_.b, B, out_.in, out_.out);
-  // 2. per-example squared error and contractive penalty Σ_i s'(a_i)² ‖W_i‖² (MATH.md §9)
+  // 2. the reconstruction and the per-example terms
   AELossTerms t;
-  t.reconstruction = (x - w.out).rowwise().squaredNorm().template cast<double>();
-  t.penalty.setZero(B);
+  forward_terms(x.data(), xin, B, w, t);
+  const T* hd = dec_.layers.empty() ? w.y.data() : w.dec.post.back().data();
   Vec<double> wnorm2;  // (C): ‖W_i‖²
-  if (contractive_) {
-    wnorm2 = CMatMap<T>(p + code_.w, C, code_.in).template cast<double>().rowwise().squaredNorm();
-    for (Index b = 0; b < B; ++b)
-      for (Index i = 0; i < C; ++i) {
-        T d1, d2;
-        code_derivs(code_act_, w.y(b, i), d1, d2);
-        t.penalty[b] += double(d1) * double(d1) * wnorm2[i];
-      }
-  }
+  if (contractive_) wnorm2 = CMatMap<T>(p + code_.w, C, code_.in).template cast<double>().rowwise().squaredNorm();
   const double lam = contractive_ ? cfg_.contraction : 0.0;
   const double J = t.reconstruction.mean() + lam * t.penalty.mean();
   if (grad) {
@@ -189,12 +220,23 @@ StepResult Autoencoder<T>::train_step(const T* x, Index B, const Shard& sh, cons
 
 template <class T>
 EvalResult Autoencoder<T>::evaluate(const T* x, Index N, const Shard&, const FitOptions&) {
+  std::lock_guard<std::mutex> lock(mutex_);
   AELossTerms t;
-  const double J = loss_grad(CMatMap<T>(x, N, cfg_.x_dim), Mat<T>(), 1.0, nullptr, &t);
+  t.reconstruction.resize(N);
+  t.penalty.resize(N);
+  pool_.resize(size_t(max_threads()));
+  for_row_chunks(N, kPipelineRows, [&](Index b0, Index bc, int slot) {
+    AELossTerms tc;
+    const T* xc = x + b0 * cfg_.x_dim;
+    forward_terms(xc, xc, bc, pool_[size_t(slot)], tc);
+    t.reconstruction.segment(b0, bc) = tc.reconstruction;
+    t.penalty.segment(b0, bc) = tc.penalty;
+  });
+  const double lam = contractive_ ? cfg_.contraction : 0.0;
   EvalResult r;
-  r.elbo = -J;
   r.reconstruction = t.reconstruction.mean();
-  r.kl = (contractive_ ? cfg_.contraction : 0.0) * t.penalty.mean();
+  r.kl = lam * t.penalty.mean();
+  r.elbo = -(r.reconstruction + r.kl);
   return r;
 }
 

@@ -71,6 +71,8 @@ class Autoencoder {
     Mat<T> xt, a, y, out, dout, dy, da, dh, dhd;
   };
   void encode_raw(const T* x, Index B, Work& w);
+  void decode_raw(const T* y, Index B, Work& w);
+  void forward_terms(const T* x, const T* xin, Index B, Work& w, AELossTerms& t);
 
   AutoencoderConfig cfg_;
   bool contractive_ = false, denoising_ = false;
@@ -79,7 +81,8 @@ class Autoencoder {
   Trunk enc_, dec_;
   Dense code_, out_;
   Vec<T> params_;
-  Work work_;
+  Work work_;                // loss_grad's (a training step's) buffers
+  std::vector<Work> pool_;    // encode, decode, evaluate: one per thread
   std::mutex mutex_;
 };
 
