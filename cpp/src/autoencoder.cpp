@@ -80,33 +80,37 @@ void Autoencoder<T>::decode_raw(const T* y, Index B, Work& w) {
 
 // encode, decode and evaluate run in chunks of kPipelineRows rows, each through the network on one
 // thread with its own buffers (common.hpp: row-chunk pipelines): the saved activations take
-// kPipelineRows rows per thread, not the whole input's.
+// kPipelineRows rows per thread, not the whole input's. chunked: out (N, out_cols), whose rows
+// [b0, b0 + bc) are run(in + b0·in_cols, bc, work), a matrix of the work buffers.
+template <class T>
+template <class Run>
+Mat<T> Autoencoder<T>::chunked(const T* in, Index N, Index in_cols, Index out_cols, Run run) {
+  Mat<T> out(N, out_cols);
+  pool_.resize(size_t(max_threads()));
+  for_row_chunks(N, kPipelineRows, [&](Index b0, Index bc, int slot) {
+    out.middleRows(b0, bc) = run(in + b0 * in_cols, bc, pool_[size_t(slot)]);
+  });
+  return out;
+}
+
 template <class T>
 Mat<T> Autoencoder<T>::encode(CMatRef<T> x) {
   check_cols("x", x.rows(), x.cols(), cfg_.x_dim);
   std::lock_guard<std::mutex> lock(mutex_);
-  Mat<T> out(x.rows(), cfg_.code_dim);
-  pool_.resize(size_t(max_threads()));
-  for_row_chunks(x.rows(), kPipelineRows, [&](Index b0, Index bc, int slot) {
-    Work& w = pool_[size_t(slot)];
-    encode_raw(x.data() + b0 * cfg_.x_dim, bc, w);
-    out.middleRows(b0, bc) = w.y;
+  return chunked(x.data(), x.rows(), cfg_.x_dim, cfg_.code_dim, [this](const T* r, Index bc, Work& w) -> const Mat<T>& {
+    encode_raw(r, bc, w);
+    return w.y;
   });
-  return out;
 }
 
 template <class T>
 Mat<T> Autoencoder<T>::decode(CMatRef<T> y) {
   check_cols("code", y.rows(), y.cols(), cfg_.code_dim);
   std::lock_guard<std::mutex> lock(mutex_);
-  Mat<T> out(y.rows(), cfg_.x_dim);
-  pool_.resize(size_t(max_threads()));
-  for_row_chunks(y.rows(), kPipelineRows, [&](Index b0, Index bc, int slot) {
-    Work& w = pool_[size_t(slot)];
-    decode_raw(y.data() + b0 * cfg_.code_dim, bc, w);
-    out.middleRows(b0, bc) = w.out;
+  return chunked(y.data(), y.rows(), cfg_.code_dim, cfg_.x_dim, [this](const T* r, Index bc, Work& w) -> const Mat<T>& {
+    decode_raw(r, bc, w);
+    return w.out;
   });
-  return out;
 }
 
 // forward_terms: steps 1-2 of loss_grad for the rows xin (B, D) (x itself, or x + noise), whose

@@ -73,6 +73,8 @@ class Autoencoder {
   void encode_raw(const T* x, Index B, Work& w);
   void decode_raw(const T* y, Index B, Work& w);
   void forward_terms(const T* x, const T* xin, Index B, Work& w, AELossTerms& t);
+  template <class Run>
+  Mat<T> chunked(const T* in, Index N, Index in_cols, Index out_cols, Run run);
 
   AutoencoderConfig cfg_;
   bool contractive_ = false, denoising_ = false;
