@@ -11,6 +11,15 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "elbokit's C++ engine (private: use the elbokit package)";
   elbokit::gemm_init();
   m.def("gemm_backend", &elbokit::gemm_backend, "The library behind the engine's matrix products.");
+  m.def("vector_isa", []() -> std::string {
+#if defined(__AVX512F__)
+    return "avx512";
+#elif defined(__AVX2__)
+    return "avx2";
+#else
+    return "baseline";
+#endif
+  }, "The vector instructions the engine was compiled for: 'avx512', 'avx2' or 'baseline'.");
   m.def("num_threads", []() { return omp_get_max_threads(); }, "OpenMP threads used by the engine.");
   m.def("set_num_threads", [](int n) {
     if (n <= 0) throw std::invalid_argument("n must be a positive integer, got " + std::to_string(n));

@@ -299,6 +299,7 @@ def _info(args) -> int:
         ("elbokit", __version__),
         ("engine", os.path.basename(_core.__file__)),
         ("threads", str(get_num_threads())),
+        ("vectors", _core.vector_isa()),
         ("products", _core.gemm_backend()),
         ("dtypes", "float32 (speed), float64 (verification)"),
         ("models", ", ".join(MODELS)),
