@@ -55,7 +55,8 @@ def test_backend_rule_and_override():
     assert auto.returncode == 0, auto.stderr
     name = auto.stdout.strip()
     assert "OpenBLAS (scipy-openblas32" in name, name
-    avx512_core = any(c in name for c in ("core SkylakeX", "core Cooperlake", "core SapphireRapids", "core Zen4"))
+    # OpenBLAS cores of 512-bit vectors: the same list as gemm.hpp's openblas_core_is_avx512
+    avx512_core = any(f"core {c}" in name for c in ("SkylakeX", "Cooperlake", "SapphireRapids", "Zen4", "Zen5"))
     # the rule is about the build (gemm.hpp: __AVX512F__), which a portable or cross build sets apart
     # from the CPU it runs on
     if _core.vector_isa() == "avx512" and not avx512_core:
