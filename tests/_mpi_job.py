@@ -124,7 +124,21 @@ def errors(out):
         json.dump(got, f)
 
 
+def check_sanitized():
+    """Under .ci/run's sanitizer pass (conftest.py sets ELBOKIT_EXPECT_SANITIZED for the processes the
+    tests start): this process must run the sanitized engine, with AddressSanitizer's runtime loaded."""
+    where = os.environ.get("ELBOKIT_EXPECT_SANITIZED")
+    if not where:
+        return
+    if not os.path.abspath(ek.__file__).startswith(os.path.abspath(where)):
+        sys.exit(f"elbokit is imported from {ek.__file__}, not from the sanitizer build in {where}")
+    with open("/proc/self/maps") as f:
+        if "libasan" not in f.read():
+            sys.exit("the sanitizer build runs without AddressSanitizer's runtime loaded")
+
+
 if __name__ == "__main__":
+    check_sanitized()
     mode, out = sys.argv[1], sys.argv[2]
     if mode == "train":
         train(out, "--single" not in sys.argv)

@@ -58,3 +58,4 @@ def pytest_configure(config):
 
         if not os.path.abspath(ek.__file__).startswith(os.path.abspath(where)):
             raise pytest.UsageError(f"elbokit is imported from {ek.__file__}, not from the sanitizer build in {where}")
+        os.environ["ELBOKIT_EXPECT_SANITIZED"] = where  # checked by the processes tests start (_mpi_job.py)
