@@ -35,6 +35,47 @@ def test_save_overwrites_atomically_and_rejects_missing_folder(tmp_path):
         a.save(tmp_path / "nope" / "m.elbokit")
 
 
+def test_a_killed_save_loses_nothing_and_its_temporary_is_removed_by_the_next_write(tmp_path):
+    """A process SIGKILLed while saving leaves the old file whole and its temporary behind; the next
+    save into that folder removes it, and leaves a running writer's temporary, another host's and
+    unrelated files."""
+    import signal
+    import subprocess
+    import sys
+
+    path = tmp_path / "m.elbokit"
+    old = ek.VAE(5, 2, seed=0)
+    old.save(path)
+    killed = (f"import os, signal; from elbokit._atomic import atomic_write\n"
+              f"with atomic_write({str(path)!r}) as f:\n"
+              f"    f.write(b'half a model'); f.flush(); os.kill(os.getpid(), signal.SIGKILL)\n")
+    p = subprocess.Popen([sys.executable, "-c", killed])
+    assert p.wait(timeout=60) == -signal.SIGKILL
+    stale = [f for f in os.listdir(tmp_path) if f.startswith(".elbokit-")]
+    assert len(stale) == 1 and f"-{p.pid}-" in stale[0]  # the dead writer's temporary, named by its pid
+    assert np.array_equal(ek.load(path).parameters()["encoder.0.weight"], old.parameters()["encoder.0.weight"])
+    running = (f"import sys, time; from elbokit._atomic import atomic_write\n"
+               f"with atomic_write({str(tmp_path / 'other.bin')!r}) as f:\n"
+               f"    print('open', flush=True); time.sleep(60)\n")
+    writer = subprocess.Popen([sys.executable, "-c", running], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "open"
+        live = set(f for f in os.listdir(tmp_path) if f.startswith(".elbokit-")) - set(stale)
+        assert len(live) == 1
+        (tmp_path / ".elbokit-some_other_host-1-abc.tmp").write_bytes(b"x")
+        (tmp_path / "notes.txt").write_text("keep")
+        new = ek.VAE(5, 2, seed=1)
+        new.save(path)
+        left = set(os.listdir(tmp_path))
+        assert stale[0] not in left
+        assert live <= left and {".elbokit-some_other_host-1-abc.tmp", "notes.txt", "m.elbokit"} <= left
+        assert len(left) == 4
+        assert np.array_equal(ek.load(path).parameters()["encoder.0.weight"], new.parameters()["encoder.0.weight"])
+    finally:
+        writer.kill()
+        writer.wait()
+
+
 def test_load_rejects_truncated_and_foreign_files(tmp_path):
     path = tmp_path / "m.elbokit"
     ek.VAE(5, 2, seed=0).save(path)
