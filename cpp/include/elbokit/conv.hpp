@@ -85,9 +85,10 @@ struct ConvWork {
     first = n1;
     second = n2;
   }
+  // (chunks, n), not cleared: each chunk's owner clears its own row (clear_partial) in the
+  // parallel loop, so that the clearing runs on every thread and touches the memory it then uses.
   T* ensure_partials(Index chunks, Index n) {
     if (Index(partials.size()) < chunks * n) partials.resize(chunks * n);
-    std::fill(partials.begin(), partials.begin() + chunks * n, T(0));
     return partials.data();
   }
 };
@@ -114,12 +115,27 @@ struct Chunks {
 
 // Sums the chunk partials (count, stride), their first n entries, in chunk order into dst (n):
 // the deterministic reduction.
+// Each entry is summed in chunk order whichever thread sums its block, so the result does not
+// depend on the number of threads.
 template <class T>
 void add_partials(T* dst, const T* partials, Index count, Index n, Index stride) {
-  for (Index c = 0; c < count; ++c) {
-    const T* src = partials + c * stride;
-    for (Index i = 0; i < n; ++i) dst[i] += src[i];
+  constexpr Index kBlock = 4096;
+  const Index nb = ceil_div(n, kBlock);
+#pragma omp parallel for schedule(static) if (count * n > 16 * kBlock && nb > 1)
+  for (Index k = 0; k < nb; ++k) {
+    const Index lo = k * kBlock, hi = std::min(n, lo + kBlock);
+    for (Index c = 0; c < count; ++c) {
+      const T* src = partials + c * stride;
+      for (Index i = lo; i < hi; ++i) dst[i] += src[i];
+    }
   }
+}
+
+// Chunk c's partial (n entries at part + c·n) set to zero, by the thread that then fills it.
+template <class T>
+T* clear_partial(T* part, Index c, Index n) {
+  std::fill(part + c * n, part + (c + 1) * n, T(0));
+  return part + c * n;
 }
 
 // Parallel over examples only when the work pays for waking a thread (common.hpp: kParallelFlops).
@@ -358,6 +374,7 @@ template <class T>
 void flip_kernel(std::vector<T>& wf, const T* weight, Index O, Index C, Index k) {
   const Index kk = k * k;
   wf.resize(size_t(C * O * kk));
+#pragma omp parallel for schedule(static) if (C * O * kk > 65536)
   for (Index c = 0; c < C; ++c)
     for (Index o = 0; o < O; ++o)
       for (Index i = 0; i < kk; ++i) wf[size_t((c * O + o) * kk + i)] = weight[(o * C + c) * kk + (kk - 1 - i)];
@@ -416,8 +433,8 @@ void im2col_conv2d_backward(T* dinp, T* dweight, T* dbias, const T* dout, const 
   for (Index c = 0; c < ch.count; ++c) {
     T* col = w.col();  // (K, ld)
     T* dy = w.buf();   // (O, ld)
-    T* dw = part + c * NP;  // (O, K)
-    T* db = dw + O * K;     // (O)
+    T* dw = clear_partial(part, c, NP);  // (O, K)
+    T* db = dw + O * K;                   // (O)
     for (Index gi = ch.chunk_groups_begin(c); gi < ch.chunk_groups_end(c); ++gi) {
       const Index b0 = ch.group_begin(gi), n = ch.group_len(gi);
       for (Index e = 0; e < n; ++e) {
@@ -517,8 +534,8 @@ void im2col_conv_transpose2d_backward(T* dinp, T* dweight, T* dbias, const T* do
   for (Index c = 0; c < ch.count; ++c) {
     T* col = w.col();  // (K', ld)
     T* x = w.buf();    // (C_in, ld)
-    T* dw = part + c * NP;  // (C_in, K')
-    T* db = dw + C_in * K;  // (C_out)
+    T* dw = clear_partial(part, c, NP);  // (C_in, K')
+    T* db = dw + C_in * K;                // (C_out)
     for (Index gi = ch.chunk_groups_begin(c); gi < ch.chunk_groups_end(c); ++gi) {
       const Index b0 = ch.group_begin(gi), n = ch.group_len(gi);
       for (Index e = 0; e < n; ++e) {
@@ -659,21 +676,24 @@ void group_norm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* 
         const T* dyc = dy + c * HW;
         const T* xc = x + c * HW;
         const double sy = sum8(HW, [dyc](Index q) { return double(dyc[q]); });
-        const double syx = sum8(HW, [dyc, xc, m, r](Index q) { return double(dyc[q]) * ((double(xc[q]) - m) * r); });
+        // Σ dy·x̂ = r·(Σ dy·x − m·Σ dy), in double
+        const double syx = r * (sum8(HW, [dyc, xc](Index q) { return double(dyc[q]) * double(xc[q]); }) - m * sy);
         part[b * 2 * C + ch] = T(syx);
         part[b * 2 * C + C + ch] = T(sy);
         s1 += sy * double(weight[ch]);
         s2 += syx * double(weight[ch]);
       }
       if (!dinp) continue;
+      // dx += r·(dy·w_c − m1 − x̂·m2) = a·dy + e·x + f, the coefficients per channel in double
       const double m1 = s1 / double(N), m2 = s2 / double(N);
+      const T e = T(-r * r * m2), f = T(r * (r * m * m2 - m1));
       T* dx = dinp + off;
       for (Index c = 0; c < Cg; ++c) {
-        const double wc = double(weight[g * Cg + c]);
-        for (Index q = 0; q < HW; ++q) {
-          const double xh = (double(x[c * HW + q]) - m) * r;
-          dx[c * HW + q] += T(r * (double(dy[c * HW + q]) * wc - m1 - xh * m2));
-        }
+        const T a = T(r * double(weight[g * Cg + c]));
+        const T* dyc = dy + c * HW;
+        const T* xc = x + c * HW;
+        T* dxc = dx + c * HW;
+        for (Index q = 0; q < HW; ++q) dxc[q] += a * dyc[q] + e * xc[q] + f;
       }
     }
   if (dweight) add_partials(dweight, part, B, C, 2 * C);

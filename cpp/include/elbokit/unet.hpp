@@ -231,6 +231,7 @@ void UNet<T>::res_forward(const T* p, const ResP& r, const T* x, const T* st, In
   conv_fwd(p, r.c1, s.s1.data(), B, s.h1, work);
   s.tp.resize(B, r.cout);
   linear_forward(s.tp.data(), st, p + r.temb.w, p + r.temb.b, B, r.temb.in, r.temb.out);
+#pragma omp parallel for schedule(static) if (B * nout > 4 * kElemBlock)
   for (Index b = 0; b < B; ++b)
     for (Index c = 0; c < r.cout; ++c) {
       T* h = s.h1.data() + b * nout + c * r.HW;
@@ -249,9 +250,9 @@ void UNet<T>::res_forward(const T* p, const ResP& r, const T* x, const T* st, In
   if (r.sk.w >= 0) {
     Mat<T>& skip = s.ds2;  // scratch: the forward's skip conv (its backward overwrites it)
     conv_fwd(p, r.sk, x, B, skip, work);
-    s.out += skip;
+    add_into(s.out.data(), skip.data(), B * nout);
   } else {
-    s.out += CMatMap<T>(x, B, nin);
+    add_into(s.out.data(), x, B * nin);
   }
 }
 
@@ -265,17 +266,18 @@ void UNet<T>::res_backward(const T* p, T* g, const ResP& r, const T* x, const T*
   if (r.sk.w >= 0)
     conv_bwd(p, g, r.sk, x, B, dout, dx, work);
   else
-    for (Index i = 0; i < B * nin; ++i) dx[i] += dout[i];
+    add_into(dx, dout, B * nin);
   // conv2, act, norm2
-  s.ds2.setZero(B, nout);
+  set_zero(s.ds2, B, nout);
   conv_bwd(p, g, r.c2, s.s2.data(), B, dout, s.ds2.data(), work);
   s.da2.resize(B, nout);
   activation_backward(s.da2.data(), s.ds2.data(), s.a2.data(), s.s2.data(), B * nout, act_);
-  s.dh1.setZero(B, nout);
+  set_zero(s.dh1, B, nout);
   group_norm_backward(s.dh1.data(), g + r.n2.w, g + r.n2.b, s.da2.data(), s.h1.data(), s.mean2.data(), s.rstd2.data(),
                       p + r.n2.w, B, r.cout, r.HW, G_, work);
   // the time projection: dtp (B, cout) = Σ over positions of dh1
   s.dtp.resize(B, r.cout);
+#pragma omp parallel for schedule(static) if (B * nout > 4 * kElemBlock)
   for (Index b = 0; b < B; ++b)
     for (Index c = 0; c < r.cout; ++c) {
       const T* d = s.dh1.data() + b * nout + c * r.HW;
@@ -285,7 +287,7 @@ void UNet<T>::res_backward(const T* p, T* g, const ResP& r, const T* x, const T*
     }
   linear_backward(dst, g + r.temb.w, g + r.temb.b, s.dtp.data(), st, p + r.temb.w, B, r.temb.in, r.temb.out);
   // conv1, act, norm1
-  s.ds1.setZero(B, nin);
+  set_zero(s.ds1, B, nin);
   conv_bwd(p, g, r.c1, s.s1.data(), B, s.dh1.data(), s.ds1.data(), work);
   s.da1.resize(B, nin);
   activation_backward(s.da1.data(), s.ds1.data(), s.a1.data(), s.s1.data(), B * nin, act_);
@@ -298,6 +300,7 @@ void UNet<T>::res_backward(const T* p, T* g, const ResP& r, const T* x, const T*
 // cat (B, (ca + cb)·HW): per example, a's ca channels then b's cb channels.
 template <class T>
 void concat_channels(T* cat, const T* a, Index na, const T* b, Index nb, Index B) {
+#pragma omp parallel for schedule(static) if (B * (na + nb) > 4 * kElemBlock)
   for (Index r = 0; r < B; ++r) {
     std::copy(a + r * na, a + (r + 1) * na, cat + r * (na + nb));
     std::copy(b + r * nb, b + (r + 1) * nb, cat + r * (na + nb) + na);
@@ -375,12 +378,12 @@ void UNet<T>::backward(const T* p, T* g, const T* in, const T* cond, Index B, Ca
   const Index n = Index(ch_.size()), Td = time0_.out, HW = H_ * W_, c0 = norm_out_.C;
   s.dst.setZero(B, Td);
   // 5. out, act, norm_out: dh (B, c_0·HW), the up path's last output
-  s.ds_out.setZero(B, c0 * HW);
+  set_zero(s.ds_out, B, c0 * HW);
   conv_bwd(p, g, out_conv_, s.s_out.data(), B, dout, s.ds_out.data(), s.work);
   s.da_out.resize(B, c0 * HW);
   activation_backward(s.da_out.data(), s.ds_out.data(), s.a_out.data(), s.s_out.data(), B * c0 * HW, act_);
   const T* h_last = up_[0].conv.w >= 0 ? s.up[0].conv.data() : s.up[0].res.out.data();
-  s.dh.setZero(B, c0 * HW);
+  set_zero(s.dh, B, c0 * HW);
   group_norm_backward(s.dh.data(), g + norm_out_.w, g + norm_out_.b, s.da_out.data(), h_last, s.mean_out.data(),
                       s.rstd_out.data(), p + norm_out_.w, B, c0, HW, G_, s.work);
   // 4. up, from level 0 to level n − 1; the skip halves of dcat are kept for the down path
@@ -390,13 +393,13 @@ void UNet<T>::backward(const T* p, T* g, const T* in, const T* cond, Index B, Ca
     const Level& lv = up_[size_t(i)];
     const Index HWi = lv.res.HW, ci = ch_[size_t(i)];
     if (lv.conv.w >= 0) {
-      ls.dup.setZero(B, ci * 4 * HWi);
+      set_zero(ls.dup, B, ci * 4 * HWi);
       conv_bwd(p, g, lv.conv, ls.up.data(), B, d, ls.dup.data(), s.work);
-      ls.dres.setZero(B, ci * HWi);
+      set_zero(ls.dres, B, ci * HWi);
       upsample2_backward(ls.dres.data(), ls.dup.data(), B, ci, H_ >> i, W_ >> i);
       d = ls.dres.data();
     }
-    ls.dcat.setZero(B, lv.res.cin * HWi);
+    set_zero(ls.dcat, B, lv.res.cin * HWi);
     res_backward(p, g, lv.res, ls.cat.data(), s.st.data(), B, ls.res, d, ls.dcat.data(), s.dst.data(), s.work);
     d = nullptr;  // the first (cin − ci) channels of dcat: ∂J/∂(the input from below), read next
     if (i + 1 < n) {
@@ -404,6 +407,7 @@ void UNet<T>::backward(const T* p, T* g, const T* in, const T* cond, Index B, Ca
       const Index nh = (lv.res.cin - ci) * HWi;
       LevelState& nx = s.up[size_t(i + 1)];
       nx.dconv.resize(B, nh);
+#pragma omp parallel for schedule(static) if (B * nh > 4 * kElemBlock)
       for (Index b = 0; b < B; ++b)
         std::copy(ls.dcat.data() + b * lv.res.cin * HWi, ls.dcat.data() + b * lv.res.cin * HWi + nh,
                   nx.dconv.data() + b * nh);
@@ -415,10 +419,11 @@ void UNet<T>::backward(const T* p, T* g, const T* in, const T* cond, Index B, Ca
     const LevelState& top = s.up[size_t(n - 1)];
     const Index HWt = up_[size_t(n - 1)].res.HW, nh = mid_.cout * HWt, w = up_[size_t(n - 1)].res.cin * HWt;
     s.dh0.resize(B, nh);  // scratch: ∂J/∂mid.out
+#pragma omp parallel for schedule(static) if (B * nh > 4 * kElemBlock)
     for (Index b = 0; b < B; ++b) std::copy(top.dcat.data() + b * w, top.dcat.data() + b * w + nh, s.dh0.data() + b * nh);
   }
   int cur = 0;  // s.dnext[cur]: ∂J/∂(output of down level i, after its down conv)
-  s.dnext[cur].setZero(B, mid_.cin * mid_.HW);
+  set_zero(s.dnext[cur], B, mid_.cin * mid_.HW);
   const T* mid_in = down_[size_t(n - 1)].conv.w >= 0 ? s.down[size_t(n - 1)].conv.data()
                                                      : s.down[size_t(n - 1)].res.out.data();
   res_backward(p, g, mid_, mid_in, s.st.data(), B, s.mid, s.dh0.data(), s.dnext[cur].data(), s.dst.data(), s.work);
@@ -428,17 +433,18 @@ void UNet<T>::backward(const T* p, T* g, const T* in, const T* cond, Index B, Ca
     LevelState& ls = s.down[size_t(i)];
     const Level& lv = down_[size_t(i)];
     const Index HWi = lv.res.HW, ci = ch_[size_t(i)];
-    ls.dres.setZero(B, ci * HWi);  // ∂J/∂skip_i
+    set_zero(ls.dres, B, ci * HWi);  // ∂J/∂skip_i
     if (lv.conv.w >= 0) conv_bwd(p, g, lv.conv, ls.res.out.data(), B, dnext.data(), ls.dres.data(), s.work);
-    else ls.dres += dnext;
+    else add_into(ls.dres.data(), dnext.data(), B * ci * HWi);
     const LevelState& u = s.up[size_t(i)];
     const Index w = up_[size_t(i)].res.cin * HWi, off = w - ci * HWi;
+#pragma omp parallel for schedule(static) if (B * ci * HWi > 4 * kElemBlock)
     for (Index b = 0; b < B; ++b)
       for (Index j = 0; j < ci * HWi; ++j) ls.dres(b, j) += u.dcat(b, off + j);
     const T* x = i == 0 ? s.h0.data() : (down_[size_t(i - 1)].conv.w >= 0 ? s.down[size_t(i - 1)].conv.data()
                                                                             : s.down[size_t(i - 1)].res.out.data());
     Mat<T>& dx = s.dnext[1 - cur];
-    dx.setZero(B, lv.res.cin * HWi);
+    set_zero(dx, B, lv.res.cin * HWi);
     res_backward(p, g, lv.res, x, s.st.data(), B, ls.res, ls.dres.data(), dx.data(), s.dst.data(), s.work);
     cur = 1 - cur;
   }
@@ -447,7 +453,7 @@ void UNet<T>::backward(const T* p, T* g, const T* in, const T* cond, Index B, Ca
   // 1. the time MLP (the embedding itself gets no gradient)
   s.dtemb.resize(B, Td);
   activation_backward(s.dtemb.data(), s.dst.data(), s.temb.data(), s.st.data(), B * Td, act_);
-  s.dts0.setZero(B, Td);
+  set_zero(s.dts0, B, Td);
   linear_backward(s.dts0.data(), g + time1_.w, g + time1_.b, s.dtemb.data(), s.ts0.data(), p + time1_.w, B, time1_.in,
                   time1_.out);
   s.dt0.resize(B, Td);

@@ -54,6 +54,7 @@ inline ConvGeom block_geom(Index O, Index Ho, Index Wo) { return ConvGeom{O, Ho,
 // U (16, O, C) = G w Gᵀ for every (o, c), w (O, C, 3, 3).
 template <class T>
 void weight_transform(T* U, const T* w, Index O, Index C) {
+#pragma omp parallel for schedule(static) if (O * C >= 2048)
   for (Index o = 0; o < O; ++o)
     for (Index c = 0; c < C; ++c) {
       const T* g = w + (o * C + c) * 9;
@@ -75,6 +76,7 @@ void weight_transform(T* U, const T* w, Index O, Index C) {
 // dw (O, C, 3, 3) += Gᵀ dU G for every (o, c), dU (16, O, C): the adjoint of weight_transform.
 template <class T>
 void weight_transform_adjoint(T* dw, const T* dU, Index O, Index C) {
+#pragma omp parallel for schedule(static) if (O * C >= 2048)
   for (Index o = 0; o < O; ++o)
     for (Index c = 0; c < C; ++c) {
       T m[4][4];
@@ -437,8 +439,8 @@ void winograd_conv2d_backward(T* dinp, T* dweight, T* dbias, const T* dout, cons
     T* col = w.col();  // (16·C, ld): V; then the flipped conv's tiles
     T* m = w.buf();    // (16·O, ld): dM; then the flipped conv's products
     T* scratch = w.planes();
-    T* dU = part + c * NP;  // (16, O, C)
-    T* db = dU + NU;        // (O)
+    T* dU = clear_partial(part, c, NP);  // (16, O, C)
+    T* db = dU + NU;                      // (O)
     for (Index gi = ch.chunk_groups_begin(c); gi < ch.chunk_groups_end(c); ++gi) {
       const Index b0 = ch.group_begin(gi), n = ch.group_len(gi);
       for (Index e = 0; e < n; ++e) {

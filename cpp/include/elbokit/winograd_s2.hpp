@@ -91,6 +91,7 @@ inline Index scratch_size(const ConvGeom& g) {
 template <class T>
 void weight_transform(T* U, const T* w, Index O, Index C) {
   const Index C4 = 4 * C;
+#pragma omp parallel for schedule(static) if (O * C >= 1024)
   for (Index o = 0; o < O; ++o)
     for (Index c = 0; c < C; ++c)
       for (Index a = 0; a < 2; ++a)
@@ -110,6 +111,7 @@ void weight_transform(T* U, const T* w, Index O, Index C) {
 template <class T>
 void weight_transform_adjoint(T* dw, const T* dU, Index O, Index C) {
   const Index C4 = 4 * C;
+#pragma omp parallel for schedule(static) if (O * C >= 1024)
   for (Index o = 0; o < O; ++o)
     for (Index c = 0; c < C; ++c)
       for (Index a = 0; a < 2; ++a)
@@ -597,8 +599,8 @@ void winograd_s2_backward(T* dthrough, bool adjoint, T* dweight, T* dbias, const
 #pragma omp parallel for schedule(dynamic, 1) if (conv_parallel(6.0 * B * O * s.C4 * 9 * s.T, ch.count))
   for (Index c = 0; c < ch.count; ++c) {
     const auto b = wino2::bufs(w, s);
-    T* dU = part + c * NP;  // (9, O, C')
-    T* db = dU + NU;        // (bias_n)
+    T* dU = clear_partial(part, c, NP);  // (9, O, C')
+    T* db = dU + NU;                      // (bias_n)
     for (Index gi = ch.chunk_groups_begin(c); gi < ch.chunk_groups_end(c); ++gi) {
       const Index b0 = ch.group_begin(gi), n = ch.group_len(gi);
       for (Index e = 0; e < n; ++e)
