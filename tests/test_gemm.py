@@ -107,9 +107,57 @@ def test_gemm_beta_zero_ignores_nan_and_depth_zero_scales(backend):
     assert np.array_equal(k.gemm(False, False, *e, c, 0.0, backend), np.zeros((2, 4)))
 
 
+# The Winograd and im2col convolutions' own products (gemm.hpp): gemm_rows (C = beta C + op(A) B,
+# beta 0 or 1) and gemm_dots (C += A Bᵀ). Their AVX-512 float kernels block rows of C by 12 and
+# columns by 32 (rows) or outputs by 4 x 6 and the reduction by 16 (dots): the shapes cross every
+# block edge and remainder; NaN in C must not leak when beta = 0.
+ROWS_SHAPES = [(1, 1, 1), (12, 32, 5), (13, 33, 7), (11, 16, 1), (25, 15, 3), (64, 392, 64), (37, 300, 129),
+               (130, 17, 2)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("ta", [False, True])
+@pytest.mark.parametrize("m,n,k", ROWS_SHAPES)
+@pytest.mark.parametrize("beta", [0.0, 1.0, -0.5])
+def test_gemm_rows_matches_numpy(dtype, ta, m, n, k, beta):
+    rng = np.random.default_rng(m * 1000 + n * 10 + k)
+    a = rng.normal(size=(k, m) if ta else (m, k)).astype(dtype)
+    b = rng.normal(size=(k, n)).astype(dtype)
+    c = rng.normal(size=(m, n)).astype(dtype)
+    want = beta * c.astype(np.float64) + (a.T if ta else a).astype(np.float64) @ b.astype(np.float64)
+    if beta == 0.0:
+        c[:] = np.nan
+    got = K[dtype].gemm(ta, False, a, b, c, beta, "rows")
+    assert got.dtype == np.dtype(dtype) and got.shape == (m, n)
+    assert rel_err(got, want) < TOL[dtype] * np.sqrt(k)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("m,p,n", [(1, 1, 1), (4, 6, 16), (5, 7, 17), (3, 13, 33), (64, 64, 392), (9, 130, 15),
+                                   (130, 2, 100)])
+def test_gemm_dots_matches_numpy(dtype, m, p, n):
+    rng = np.random.default_rng(m * 1000 + p * 10 + n)
+    a, b, c = (rng.normal(size=s).astype(dtype) for s in ((m, n), (p, n), (m, p)))
+    want = c.astype(np.float64) + a.astype(np.float64) @ b.astype(np.float64).T
+    got = K[dtype].gemm(False, True, a, b, c, 1.0, "dots")
+    assert rel_err(got, want) < TOL[dtype] * np.sqrt(n)
+
+
+def test_gemm_rows_and_dots_are_deterministic_and_bad_calls_raise():
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(40, 70)).astype(np.float32), rng.normal(size=(70, 300)).astype(np.float32)
+    first = K["float32"].gemm(False, False, a, b, np.zeros((40, 300), np.float32), 0.0, "rows")
+    assert all(np.array_equal(first, K["float32"].gemm(False, False, a, b, np.zeros((40, 300), np.float32), 0.0,
+                                                        "rows")) for _ in range(3))
+    with pytest.raises(ValueError, match="backend 'rows' takes b untransposed"):
+        K["float32"].gemm(False, True, a, b.T.copy(), np.zeros((40, 300), np.float32), 0.0, "rows")
+    with pytest.raises(ValueError, match="backend 'dots' computes c \\+ a bᵀ"):
+        K["float32"].gemm(False, False, a, b, np.zeros((40, 300), np.float32), 1.0, "dots")
+
+
 def test_gemm_bad_arguments():
     k = K["float64"]
-    with pytest.raises(ValueError, match="backend must be 'default', 'eigen' or 'openblas', got 'mkl'"):
+    with pytest.raises(ValueError, match="backend must be 'default', 'eigen', 'openblas', 'rows' or 'dots', got 'mkl'"):
         k.gemm(False, False, np.ones((2, 3)), np.ones((3, 4)), np.zeros((2, 4)), 0.0, "mkl")
     with pytest.raises(ValueError, match="b must have 3 rows"):
         k.gemm(False, False, np.ones((2, 3)), np.ones((2, 4)), np.zeros((2, 4)), 0.0)

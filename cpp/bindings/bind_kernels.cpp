@@ -31,12 +31,26 @@ void bind_kernels_for(py::module_& k) {
     return d;
   }, py::arg("activation"), py::arg("a"), py::arg("dout"), "dinp = dout * f'(a), (n, m).");
   k.def("gemm", [](bool ta, bool tb, CRef a, CRef b, Mat<T> c, double beta, const std::string& backend) {
-    if (backend != "default" && backend != "eigen" && backend != "openblas")
-      fail("backend must be 'default', 'eigen' or 'openblas', got '" + backend + "'");
+    if (backend != "default" && backend != "eigen" && backend != "openblas" && backend != "rows" && backend != "dots")
+      fail("backend must be 'default', 'eigen', 'openblas', 'rows' or 'dots', got '" + backend + "'");
     const Index m = ta ? a.cols() : a.rows(), k = ta ? a.rows() : a.cols();
     const Index kb = tb ? b.cols() : b.rows(), n = tb ? b.rows() : b.cols();
     if (kb != k) fail("b must have " + std::to_string(k) + " rows in op(b), got " + std::to_string(kb));
     check_shape("c", c.rows(), c.cols(), m, n);
+    if (backend == "dots") {  // gemm_dots: c += a bᵀ (the Winograd weight gradients)
+      if (ta || !tb || beta != 1.0)
+        fail("backend 'dots' computes c + a bᵀ: ta = False, tb = True and beta = 1, got ta = " + std::to_string(ta) +
+             ", tb = " + std::to_string(tb) + ", beta = " + std::to_string(beta));
+      gemm_dots<T>(m, n, k, a.data(), std::max<Index>(1, a.cols()), b.data(), std::max<Index>(1, b.cols()), c.data(),
+                   std::max<Index>(1, n));
+      return c;
+    }
+    if (backend == "rows") {  // gemm_rows: B not transposed, beta 0 or 1 (the Winograd products)
+      if (tb) fail("backend 'rows' takes b untransposed (tb = False), got tb = True");
+      gemm_rows<T>(ta, m, n, k, a.data(), std::max<Index>(1, a.cols()), b.data(), std::max<Index>(1, b.cols()),
+                   T(beta), c.data(), std::max<Index>(1, n));
+      return c;
+    }
     auto f = backend == "eigen" ? &gemm_eigen<T> : &gemm<T>;
 #ifdef ELBOKIT_USE_BLAS
     if (backend == "openblas") f = &gemm_openblas<T>;
@@ -49,7 +63,8 @@ void bind_kernels_for(py::module_& k) {
   }, py::arg("ta"), py::arg("tb"), py::arg("a"), py::arg("b"), py::arg("c"), py::arg("beta"),
      py::arg("backend") = "default",
      "beta * c + op(a) op(b) through the engine's product (gemm.hpp): 'default' (the backend gemm_init chose), "
-     "'eigen' or 'openblas'.");
+     "'eigen', 'openblas', 'rows' (gemm_rows, the Winograd transforms' product: tb False, beta 0 or 1) or 'dots' "
+     "(gemm_dots, the Winograd weight gradients: ta False, tb True, beta 1).");
   k.def("linear_forward", [](CRef x, CRef w, CRef b) {
     check_cols("w", w.rows(), w.cols(), x.cols());
     check_shape("b", b.rows(), b.cols(), 1, w.rows());

@@ -396,7 +396,7 @@ void im2col_conv2d_forward(T* out, const T* inp, const T* weight, const T* bias,
     T* col = w.col();  // (K, ld)
     T* y = w.buf();    // (O, ld)
     for (Index e = 0; e < n; ++e) im2col(col + e * P, inp + (b0 + e) * I, g, ld, w.planes());
-    gemm<T>(false, false, O, n * P, K, weight, K, col, ld, T(0), y, ld);  // W (O, K) · col (K, n·P)
+    gemm_rows<T>(false, O, n * P, K, weight, K, col, ld, T(0), y, ld);  // W (O, K) · col (K, n·P)
     for (Index e = 0; e < n; ++e)
       for (Index o = 0; o < O; ++o) {
         const T* src = y + o * ld + e * P;
@@ -444,7 +444,7 @@ void im2col_conv2d_backward(T* dinp, T* dweight, T* dbias, const T* dout, const 
           std::copy(src, src + P, dy + o * ld + e * P);
         }
       }
-      gemm<T>(false, true, O, K, n * P, dy, ld, col, ld, T(1), dw, K);  // += dY (O, n·P) · colᵀ (n·P, K)
+      gemm_dots<T>(O, K, n * P, dy, ld, col, ld, dw, K);  // += dY (O, n·P) · colᵀ (n·P, K)
       for (Index o = 0; o < O; ++o) {
         T s = 0;
         for (Index q = 0; q < n * P; ++q) s += dy[o * ld + q];
@@ -453,14 +453,14 @@ void im2col_conv2d_backward(T* dinp, T* dweight, T* dbias, const T* dout, const 
       if (flip) {  // col (Kd, n·Pd) = [col_d(dout_b) …], then dX (C, n·Pd) = W̃ · col, into dinp
         for (Index e = 0; e < n; ++e) im2col(col + e * Pd, dout + (b0 + e) * O * P, gd, ldd, w.planes());
         if (n == 1) {
-          gemm<T>(false, false, C, Pd, Kd, wf, Kd, col, ldd, T(1), dinp + b0 * I, Pd);
+          gemm_rows<T>(false, C, Pd, Kd, wf, Kd, col, ldd, T(1), dinp + b0 * I, Pd);
         } else {
-          gemm<T>(false, false, C, n * Pd, Kd, wf, Kd, col, ldd, T(0), dy, ldd);
+          gemm_rows<T>(false, C, n * Pd, Kd, wf, Kd, col, ldd, T(0), dy, ldd);
           for (Index e = 0; e < n; ++e)
             for (Index ci = 0; ci < C; ++ci) add_run(dinp + (b0 + e) * I + ci * Pd, dy + ci * ldd + e * Pd, Pd);
         }
       } else if (dinp) {
-        gemm<T>(true, false, K, n * P, O, weight, K, dy, ld, T(0), col, ld);  // dcol (K, n·P) = Wᵀ · dY
+        gemm_rows<T>(true, K, n * P, O, weight, K, dy, ld, T(0), col, ld);  // dcol (K, n·P) = Wᵀ · dY
         for (Index e = 0; e < n; ++e) col2im(dinp + (b0 + e) * I, col + e * P, g, ld, w.planes());
       }
     }
@@ -507,7 +507,7 @@ void im2col_conv_transpose2d_forward(T* out, const T* inp, const T* weight, cons
         const T* src = inp + ((b0 + e) * C_in + c) * P;
         std::copy(src, src + P, x + c * ld + e * P);
       }
-    gemm<T>(true, false, K, n * P, C_in, weight, K, x, ld, T(0), col, ld);
+    gemm_rows<T>(true, K, n * P, C_in, weight, K, x, ld, T(0), col, ld);
     for (Index e = 0; e < n; ++e) {
       T* y = out + (b0 + e) * N;  // (C_out, Ho, Wo)
       for (Index c = 0; c < og.C; ++c) std::fill(y + c * HW, y + (c + 1) * HW, bias ? bias[c] : T(0));
@@ -551,9 +551,9 @@ void im2col_conv_transpose2d_backward(T* dinp, T* dweight, T* dbias, const T* do
           db[o] += s;
         }
       }
-      gemm<T>(false, true, C_in, K, n * P, x, ld, col, ld, T(1), dw, K);  // += X (C_in, n·P) · dcolᵀ
+      gemm_dots<T>(C_in, K, n * P, x, ld, col, ld, dw, K);  // += X (C_in, n·P) · dcolᵀ
       if (dinp) {
-        gemm<T>(false, false, C_in, n * P, K, weight, K, col, ld, T(0), x, ld);  // dX (C_in, n·P) = W · dcol
+        gemm_rows<T>(false, C_in, n * P, K, weight, K, col, ld, T(0), x, ld);  // dX (C_in, n·P) = W · dcol
         for (Index e = 0; e < n; ++e)
           for (Index ci = 0; ci < C_in; ++ci) {
             const T* src = x + ci * ld + e * P;

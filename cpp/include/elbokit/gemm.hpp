@@ -24,8 +24,14 @@
 // single-threaded call whose result depends only on its shape.
 #pragma once
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 #include "elbokit/common.hpp"
 
@@ -165,6 +171,159 @@ void gemm(bool ta, bool tb, Index m, Index n, Index k, const T* A, Index lda, co
 #else
   gemm_eigen(ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc);
 #endif
+}
+
+// ---- The transforms' products: gemm_rows ------------------------------------------------------
+//
+//   C (m, n) = beta · C + op(A) · B,   op(A) (m, k) (ta: A stored (k, m)), beta 0 or 1,
+//
+// for the Winograd convolutions' products (winograd.hpp, winograd_s2.hpp): few rows (m, k ≤ a few
+// hundred: channels), long rows of B and C (n: a group's tiles), B's and C's rows strided through
+// the transformed tiles. On AVX-512 (float) a register-blocked kernel reads A, B and C in place: no
+// packing of either operand, which for these shapes cost Eigen's product a fifth of its time. Per
+// panel of 32 columns of B (k·128 bytes, kept in L1 while every row block of A passes over it),
+// blocks of up to 12 rows of C accumulate 24 packets of 16 columns, one broadcast of A and two
+// packets of B per k. Each entry of C is Σ_k in the order k = 0, 1, …, one fused multiply-add each:
+// the result depends on the shapes alone. Elsewhere (double, or no AVX-512) the product is gemm's.
+#ifdef __AVX512F__
+namespace gemm_detail {
+inline __mmask16 tail16(Index r) { return r >= 16 ? __mmask16(0xffff) : r <= 0 ? __mmask16(0) : __mmask16((1u << r) - 1); }
+
+// rows [0, MR) of C at columns [0, 32) (masks m0, m1: the panel's columns < n), a(i, kk) = A[i·si + kk·sk]
+template <int MR, bool beta1>
+inline void rows_kernel(Index k, const float* A, Index si, Index sk, const float* B, Index ldb, float* C, Index ldc,
+                        __mmask16 m0, __mmask16 m1) {
+  __m512 acc[MR][2];
+#pragma GCC unroll 12
+  for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+  for (Index kk = 0; kk < k; ++kk) {
+    const float* b = B + kk * ldb;
+    const __m512 b0 = _mm512_maskz_loadu_ps(m0, b), b1 = _mm512_maskz_loadu_ps(m1, b + 16);
+    const float* a = A + kk * sk;
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; ++i) {
+      const __m512 ai = _mm512_set1_ps(a[i * si]);
+      acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]);
+      acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
+    }
+  }
+#pragma GCC unroll 12
+  for (int i = 0; i < MR; ++i) {
+    float* c = C + i * ldc;
+    if constexpr (beta1) {
+      acc[i][0] = _mm512_add_ps(acc[i][0], _mm512_maskz_loadu_ps(m0, c));
+      acc[i][1] = _mm512_add_ps(acc[i][1], _mm512_maskz_loadu_ps(m1, c + 16));
+    }
+    _mm512_mask_storeu_ps(c, m0, acc[i][0]);
+    _mm512_mask_storeu_ps(c + 16, m1, acc[i][1]);
+  }
+}
+
+template <bool beta1>
+inline void rows_block(Index mr, Index k, const float* A, Index si, Index sk, const float* B, Index ldb, float* C,
+                       Index ldc, __mmask16 m0, __mmask16 m1) {
+  switch (mr) {
+#define ELBOKIT_ROWS_CASE(R) \
+  case R: return rows_kernel<R, beta1>(k, A, si, sk, B, ldb, C, ldc, m0, m1);
+    ELBOKIT_ROWS_CASE(1) ELBOKIT_ROWS_CASE(2) ELBOKIT_ROWS_CASE(3) ELBOKIT_ROWS_CASE(4) ELBOKIT_ROWS_CASE(5)
+    ELBOKIT_ROWS_CASE(6) ELBOKIT_ROWS_CASE(7) ELBOKIT_ROWS_CASE(8) ELBOKIT_ROWS_CASE(9) ELBOKIT_ROWS_CASE(10)
+    ELBOKIT_ROWS_CASE(11)
+#undef ELBOKIT_ROWS_CASE
+    default: return rows_kernel<12, beta1>(k, A, si, sk, B, ldb, C, ldc, m0, m1);
+  }
+}
+
+// C (MI, MJ) (row stride ldc) += A (MI, n) · B (MJ, n)ᵀ, the rows of A and B at strides lda, ldb:
+// per output, 16 lane sums over q ≡ lane (mod 16) in order, then _mm512_reduce_add_ps's fixed tree.
+template <int MI, int MJ>
+inline void dots_kernel(Index n, const float* A, Index lda, const float* B, Index ldb, float* C, Index ldc) {
+  __m512 acc[MI][MJ];
+#pragma GCC unroll 6
+  for (int i = 0; i < MI; ++i)
+#pragma GCC unroll 6
+    for (int j = 0; j < MJ; ++j) acc[i][j] = _mm512_setzero_ps();
+  for (Index q = 0; q < n; q += 16) {
+    const __mmask16 mq = tail16(n - q);
+    __m512 a[MI];
+#pragma GCC unroll 6
+    for (int i = 0; i < MI; ++i) a[i] = _mm512_maskz_loadu_ps(mq, A + i * lda + q);
+#pragma GCC unroll 6
+    for (int j = 0; j < MJ; ++j) {
+      const __m512 b = _mm512_maskz_loadu_ps(mq, B + j * ldb + q);
+#pragma GCC unroll 6
+      for (int i = 0; i < MI; ++i) acc[i][j] = _mm512_fmadd_ps(a[i], b, acc[i][j]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int i = 0; i < MI; ++i)
+#pragma GCC unroll 6
+    for (int j = 0; j < MJ; ++j) C[i * ldc + j] += _mm512_reduce_add_ps(acc[i][j]);
+}
+
+template <int MI>
+inline void dots_block(Index mj, Index n, const float* A, Index lda, const float* B, Index ldb, float* C, Index ldc) {
+  switch (mj) {
+    case 1: return dots_kernel<MI, 1>(n, A, lda, B, ldb, C, ldc);
+    case 2: return dots_kernel<MI, 2>(n, A, lda, B, ldb, C, ldc);
+    case 3: return dots_kernel<MI, 3>(n, A, lda, B, ldb, C, ldc);
+    case 4: return dots_kernel<MI, 4>(n, A, lda, B, ldb, C, ldc);
+    case 5: return dots_kernel<MI, 5>(n, A, lda, B, ldb, C, ldc);
+    default: return dots_kernel<MI, 6>(n, A, lda, B, ldb, C, ldc);
+  }
+}
+}  // namespace gemm_detail
+#endif
+
+// C (m, p) += A (m, n) · B (p, n)ᵀ (beta 1, both operands' rows long runs of n entries): the
+// Winograd weight gradients dU_ξ += dM_ξ · V_ξᵀ, a reduction over a group's tiles. On AVX-512
+// (float) blocks of 4 × 6 outputs, each 16 lane sums over n read in place (no packing); elsewhere gemm's.
+template <class T>
+void gemm_dots(Index m, Index p, Index n, const T* A, Index lda, const T* B, Index ldb, T* C, Index ldc) {
+#ifdef __AVX512F__
+  if constexpr (std::is_same_v<T, float>) {
+    if (m <= 0 || p <= 0 || n <= 0) return;
+    for (Index i = 0; i < m; i += 4)
+      for (Index j = 0; j < p; j += 6) {
+        const Index mi = std::min<Index>(4, m - i), mj = std::min<Index>(6, p - j);
+        const float* a = A + i * lda;
+        const float* b = B + j * ldb;
+        float* c = C + i * ldc + j;
+        switch (mi) {
+          case 1: gemm_detail::dots_block<1>(mj, n, a, lda, b, ldb, c, ldc); break;
+          case 2: gemm_detail::dots_block<2>(mj, n, a, lda, b, ldb, c, ldc); break;
+          case 3: gemm_detail::dots_block<3>(mj, n, a, lda, b, ldb, c, ldc); break;
+          default: gemm_detail::dots_block<4>(mj, n, a, lda, b, ldb, c, ldc);
+        }
+      }
+    return;
+  }
+#endif
+  gemm(false, true, m, p, n, A, lda, B, ldb, T(1), C, ldc);
+}
+
+template <class T>
+void gemm_rows(bool ta, Index m, Index n, Index k, const T* A, Index lda, const T* B, Index ldb, T beta, T* C,
+               Index ldc) {
+#ifdef __AVX512F__
+  if constexpr (std::is_same_v<T, float>) {
+    if (m <= 0 || n <= 0) return;
+    if (k <= 0 || (beta != T(0) && beta != T(1))) return gemm(ta, false, m, n, k, A, lda, B, ldb, beta, C, ldc);
+    constexpr Index MR = 12;
+    const Index si = ta ? 1 : lda, sk = ta ? lda : 1;  // op(A)(i, kk) = A[i·si + kk·sk]
+    for (Index j = 0; j < n; j += 32) {
+      const __mmask16 m0 = gemm_detail::tail16(n - j), m1 = gemm_detail::tail16(n - j - 16);
+      for (Index i = 0; i < m; i += MR) {
+        const Index mr = std::min(MR, m - i);
+        if (beta == T(0))
+          gemm_detail::rows_block<false>(mr, k, A + i * si, si, sk, B + j, ldb, C + i * ldc + j, ldc, m0, m1);
+        else
+          gemm_detail::rows_block<true>(mr, k, A + i * si, si, sk, B + j, ldb, C + i * ldc + j, ldc, m0, m1);
+      }
+    }
+    return;
+  }
+#endif
+  gemm(ta, false, m, n, k, A, lda, B, ldb, beta, C, ldc);
 }
 
 }  // namespace elbokit

@@ -372,7 +372,7 @@ void forward_group(T* out, const T* inp, const T* U, const T* bias, Index n, con
   T* y = scratch + phase_planes_size(tg);  // (4, T)
   tiles(col, ld, inp, n, g, planes);  // V (C, 16, n·T)
   for (Index xi = 0; xi < 16; ++xi)  // M_ξ (O, n·T) = U_ξ (O, C) · V_ξ (C, n·T)
-    gemm<T>(false, false, O, n * Tn, C, U + xi * O * C, C, col + xi * ld, 16 * ld, T(0), m + xi * ld, 16 * ld);
+    gemm_rows<T>(false, O, n * Tn, C, U + xi * O * C, C, col + xi * ld, 16 * ld, T(0), m + xi * ld, 16 * ld);
   for (Index e = 0; e < n; ++e)
     for (Index o = 0; o < O; ++o) {
       const T bo = add || !bias ? T(0) : bias[o];
@@ -462,7 +462,7 @@ void winograd_conv2d_backward(T* dinp, T* dweight, T* dbias, const T* dout, cons
       }
       wino::tiles(col, ld, inp + b0 * I, n, g, scratch);  // V (C, 16, n·T)
       for (Index xi = 0; xi < 16; ++xi)  // dU_ξ (O, C) += dM_ξ (O, n·T) · V_ξᵀ
-        gemm<T>(false, true, O, C, n * Tn, m + xi * ld, 16 * ld, col + xi * ld, 16 * ld, T(1), dU + xi * O * C, C);
+        gemm_dots<T>(O, C, n * Tn, m + xi * ld, 16 * ld, col + xi * ld, 16 * ld, dU + xi * O * C, C);
       if (dinp)
         wino::forward_group<true>(dinp + b0 * I, dout + b0 * O * P, Uf, static_cast<const T*>(nullptr), n, gd, C,
                                   col, m, ld, scratch);

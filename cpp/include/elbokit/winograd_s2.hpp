@@ -517,7 +517,7 @@ template <bool add, class T>
 void forward_products(T* y, const T* U, const T* bias, const Bufs<T>& b, Index ld, Index n, Index O, const Geom& s) {
   const Index C4 = s.C4, P = s.Ho * s.Wo;
   for (Index xi = 0; xi < 9; ++xi)  // M_ξ (O, n·T) = U_ξ (O, C') · V_ξ (C', n·T)
-    gemm<T>(false, false, O, n * s.T, C4, U + xi * O * C4, C4, b.V + xi * ld, 9 * ld, T(0), b.M + xi * ld, 9 * ld);
+    gemm_rows<T>(false, O, n * s.T, C4, U + xi * O * C4, C4, b.V + xi * ld, 9 * ld, T(0), b.M + xi * ld, 9 * ld);
 #ifdef __AVX512F__
   if constexpr (std::is_same_v<T, float>)
     if (s.Wo <= 16) {
@@ -539,7 +539,7 @@ void adjoint_products(T* x, const T* U, const Bufs<T>& b, Index ld, Index n, Ind
                       const Geom& s) {
   const Index C4 = s.C4;
   for (Index xi = 0; xi < 9; ++xi)  // dV_ξ (C', n·T) = U_ξᵀ (C', O) · dM_ξ (O, n·T)
-    gemm<T>(true, false, C4, n * s.T, O, U + xi * O * C4, C4, b.M + xi * ld, 9 * ld, T(0), b.V + xi * ld, 9 * ld);
+    gemm_rows<T>(true, C4, n * s.T, O, U + xi * O * C4, C4, b.M + xi * ld, 9 * ld, T(0), b.V + xi * ld, 9 * ld);
 #ifdef __AVX512F__
   if constexpr (std::is_same_v<T, float>)
     if (fits_window(g)) {
@@ -559,7 +559,7 @@ template <class T>
 void weight_products(T* dU, const Bufs<T>& b, Index ld, Index n, Index O, const Geom& s) {
   const Index C4 = s.C4;
   for (Index xi = 0; xi < 9; ++xi)  // dU_ξ (O, C') += dM_ξ (O, n·T) · V_ξᵀ (n·T, C')
-    gemm<T>(false, true, O, C4, n * s.T, b.M + xi * ld, 9 * ld, b.V + xi * ld, 9 * ld, T(1), dU + xi * O * C4, C4);
+    gemm_dots<T>(O, C4, n * s.T, b.M + xi * ld, 9 * ld, b.V + xi * ld, 9 * ld, dU + xi * O * C4, C4);
 }
 
 }  // namespace wino2
