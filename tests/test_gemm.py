@@ -109,7 +109,7 @@ def test_gemm_beta_zero_ignores_nan_and_depth_zero_scales(backend):
 
 # The Winograd and im2col convolutions' own products (gemm.hpp): gemm_rows (C = beta C + op(A) B,
 # beta 0 or 1) and gemm_dots (C += A Bᵀ). Their AVX-512 float kernels block rows of C by 12 and
-# columns by 32 (rows) or outputs by 4 x 6 and the reduction by 16 (dots): the shapes cross every
+# columns by 32 (rows) or outputs by 4 x 4 and the reduction by 16 (dots): the shapes cross every
 # block edge and remainder; NaN in C must not leak when beta = 0.
 ROWS_SHAPES = [(1, 1, 1), (12, 32, 5), (13, 33, 7), (11, 16, 1), (25, 15, 3), (64, 392, 64), (37, 300, 129),
                (130, 17, 2)]

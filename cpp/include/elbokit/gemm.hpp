@@ -233,31 +233,49 @@ inline void rows_block(Index mr, Index k, const float* A, Index si, Index sk, co
   }
 }
 
-// C (MI, MJ) (row stride ldc) += A (MI, n) · B (MJ, n)ᵀ, the rows of A and B at strides lda, ldb:
-// per output, 16 lane sums over q ≡ lane (mod 16) in order, then _mm512_reduce_add_ps's fixed tree.
+// The 16 sums of v[0 … 15] (16 packets each), out[4L + t] = Σ v[4t + L]: a transposing tree of
+// 15 adds (128-bit-lane shuffles, then in-lane unpacks) instead of 16 separate reductions.
+[[gnu::always_inline]] inline void reduce16(const __m512* v, float* out) {
+  __m512 z[8], w[4], p[2];
+#pragma GCC unroll 16
+  for (int k = 0; k < 8; ++k)  // z_k: v[2k]'s 8 partials in lanes 0-1, v[2k + 1]'s in lanes 2-3
+    z[k] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * k], v[2 * k + 1], 0x44),
+                         _mm512_shuffle_f32x4(v[2 * k], v[2 * k + 1], 0xEE));
+#pragma GCC unroll 16
+  for (int m = 0; m < 4; ++m)  // w_m: lane L holds 4 partials of v[4m + L]
+    w[m] = _mm512_add_ps(_mm512_shuffle_f32x4(z[2 * m], z[2 * m + 1], 0x88),
+                         _mm512_shuffle_f32x4(z[2 * m], z[2 * m + 1], 0xDD));
+#pragma GCC unroll 16
+  for (int r = 0; r < 2; ++r)  // p_r, lane L: 2 partials each of v[8r + L] and v[8r + 4 + L], interleaved
+    p[r] = _mm512_add_ps(_mm512_unpacklo_ps(w[2 * r], w[2 * r + 1]), _mm512_unpackhi_ps(w[2 * r], w[2 * r + 1]));
+  _mm512_storeu_ps(out, _mm512_add_ps(_mm512_shuffle_ps(p[0], p[1], 0x44), _mm512_shuffle_ps(p[0], p[1], 0xEE)));
+}
+
+// C (MI, MJ) (row stride ldc) += A (MI, n) · B (MJ, n)ᵀ, the rows of A and B at strides lda, ldb,
+// MI, MJ ≤ 4: per output, 16 lane sums over q ≡ lane (mod 16) in order, then reduce16's fixed tree.
 template <int MI, int MJ>
-inline void dots_kernel(Index n, const float* A, Index lda, const float* B, Index ldb, float* C, Index ldc) {
-  __m512 acc[MI][MJ];
-#pragma GCC unroll 6
-  for (int i = 0; i < MI; ++i)
-#pragma GCC unroll 6
-    for (int j = 0; j < MJ; ++j) acc[i][j] = _mm512_setzero_ps();
+[[gnu::always_inline]] inline void dots_kernel(Index n, const float* A, Index lda, const float* B, Index ldb, float* C, Index ldc) {
+  __m512 acc[16];
+#pragma GCC unroll 16
+  for (int k = 0; k < 16; ++k) acc[k] = _mm512_setzero_ps();
   for (Index q = 0; q < n; q += 16) {
     const __mmask16 mq = tail16(n - q);
     __m512 a[MI];
-#pragma GCC unroll 6
+#pragma GCC unroll 4
     for (int i = 0; i < MI; ++i) a[i] = _mm512_maskz_loadu_ps(mq, A + i * lda + q);
-#pragma GCC unroll 6
+#pragma GCC unroll 4
     for (int j = 0; j < MJ; ++j) {
       const __m512 b = _mm512_maskz_loadu_ps(mq, B + j * ldb + q);
-#pragma GCC unroll 6
-      for (int i = 0; i < MI; ++i) acc[i][j] = _mm512_fmadd_ps(a[i], b, acc[i][j]);
+#pragma GCC unroll 4
+      for (int i = 0; i < MI; ++i) acc[4 * i + j] = _mm512_fmadd_ps(a[i], b, acc[4 * i + j]);
     }
   }
-#pragma GCC unroll 6
+  alignas(64) float sums[16];
+  reduce16(acc, sums);  // Σ acc[4i + j] at sums[4j + i]
+#pragma GCC unroll 4
   for (int i = 0; i < MI; ++i)
-#pragma GCC unroll 6
-    for (int j = 0; j < MJ; ++j) C[i * ldc + j] += _mm512_reduce_add_ps(acc[i][j]);
+#pragma GCC unroll 4
+    for (int j = 0; j < MJ; ++j) C[i * ldc + j] += sums[4 * j + i];
 }
 
 template <int MI>
@@ -266,9 +284,7 @@ inline void dots_block(Index mj, Index n, const float* A, Index lda, const float
     case 1: return dots_kernel<MI, 1>(n, A, lda, B, ldb, C, ldc);
     case 2: return dots_kernel<MI, 2>(n, A, lda, B, ldb, C, ldc);
     case 3: return dots_kernel<MI, 3>(n, A, lda, B, ldb, C, ldc);
-    case 4: return dots_kernel<MI, 4>(n, A, lda, B, ldb, C, ldc);
-    case 5: return dots_kernel<MI, 5>(n, A, lda, B, ldb, C, ldc);
-    default: return dots_kernel<MI, 6>(n, A, lda, B, ldb, C, ldc);
+    default: return dots_kernel<MI, 4>(n, A, lda, B, ldb, C, ldc);
   }
 }
 }  // namespace gemm_detail
@@ -276,15 +292,16 @@ inline void dots_block(Index mj, Index n, const float* A, Index lda, const float
 
 // C (m, p) += A (m, n) · B (p, n)ᵀ (beta 1, both operands' rows long runs of n entries): the
 // Winograd weight gradients dU_ξ += dM_ξ · V_ξᵀ, a reduction over a group's tiles. On AVX-512
-// (float) blocks of 4 × 6 outputs, each 16 lane sums over n read in place (no packing); elsewhere gemm's.
+// (float) blocks of 4 × 4 outputs, each 16 lane sums over n read in place (no packing), reduced
+// together (reduce16); elsewhere gemm's.
 template <class T>
 void gemm_dots(Index m, Index p, Index n, const T* A, Index lda, const T* B, Index ldb, T* C, Index ldc) {
 #ifdef __AVX512F__
   if constexpr (std::is_same_v<T, float>) {
     if (m <= 0 || p <= 0 || n <= 0) return;
     for (Index i = 0; i < m; i += 4)
-      for (Index j = 0; j < p; j += 6) {
-        const Index mi = std::min<Index>(4, m - i), mj = std::min<Index>(6, p - j);
+      for (Index j = 0; j < p; j += 4) {
+        const Index mi = std::min<Index>(4, m - i), mj = std::min<Index>(4, p - j);
         const float* a = A + i * lda;
         const float* b = B + j * ldb;
         float* c = C + i * ldc + j;
