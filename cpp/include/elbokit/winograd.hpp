@@ -155,6 +155,15 @@ void input_transform(T* v, Index ld, const T* planes, Index plane, Index Th, Ind
 inline __mmask16 lanes16(Index r) { return r >= 16 ? __mmask16(0xffff) : r <= 0 ? __mmask16(0) : __mmask16((1u << r) - 1); }
 inline bool fits_window(Index W, Index p) { return W + 2 * p <= 32; }
 
+// The windows below stream image rows (an activation written long before, in the backward pass
+// long before) at a few hundred bytes per step, which the hardware prefetchers did not hide: the
+// loads of the rows took most of their time. Each step asks for the rows kPrefetchRows ahead (n
+// floats from p, into L1; a prefetch past the array is harmless).
+constexpr Index kPrefetchRows = 16;
+inline void prefetch_ahead(const float* p, Index n) {
+  for (Index i = 0; i < n; i += 16) _mm_prefetch(reinterpret_cast<const char*>(p + i), _MM_HINT_T0);
+}
+
 // The columns of one zero-padded row (W entries at row, p zeros before): even[t] = xp[2t],
 // odd[t] = xp[2t + 1], even1[t] = xp[2t + 2], odd1[t] = xp[2t + 3] for t < 15; row = nullptr: zeros.
 inline void row_phases(const float* row, Index W, Index p, __m512& even, __m512& odd, __m512& even1, __m512& odd1) {
@@ -188,6 +197,7 @@ inline void tiles_window(float* v, Index ld, const float* x, const ConvGeom& g) 
     __m512 d[16], o[16];
     for (int i = 0; i < 2; ++i) row_phases(row(i - p), g.W, p, d[4 * i], d[4 * i + 1], d[4 * i + 2], d[4 * i + 3]);
     for (Index ty = 0; ty < Th; ++ty) {
+      prefetch_ahead(xc + (2 * ty + kPrefetchRows) * g.W, 2 * g.W);  // past the channel: the next one's rows
       for (int i = 2; i < 4; ++i)
         row_phases(row(2 * ty - p + i), g.W, p, d[4 * i], d[4 * i + 1], d[4 * i + 2], d[4 * i + 3]);
       bt_d_b(d, o);
@@ -207,6 +217,7 @@ inline void output_window(float* out, const float* m, Index ld, Index Ho, Index 
   const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
   const __m512 b = _mm512_set1_ps(bias);
   for (Index ty = 0; ty < Ho / 2; ++ty) {
+    if constexpr (add) prefetch_ahead(out + (2 * ty + kPrefetchRows) * Wo, 2 * Wo);
     __m512 v[16];
     for (int xi = 0; xi < 16; ++xi) v[xi] = _mm512_loadu_ps(m + xi * ld + ty * Tw);  // lanes ≥ Tw unused
     __m512 s0[4], s1[4];
@@ -235,6 +246,7 @@ inline void output_window(float* out, const float* m, Index ld, Index Ho, Index 
 inline void output_adjoint_window(float* dm, Index ld, const float* dy, Index Ho, Index Wo) {
   const Index Tw = Wo / 2;
   for (Index ty = 0; ty < Ho / 2; ++ty) {
+    prefetch_ahead(dy + (2 * ty + kPrefetchRows) * Wo, 2 * Wo);
     __m512 y0[4], y1[4];  // row 2ty and 2ty + 1: even, odd columns (the rest unused)
     row_phases(dy + 2 * ty * Wo, Wo, 0, y0[0], y0[1], y0[2], y0[3]);
     row_phases(dy + (2 * ty + 1) * Wo, Wo, 0, y1[0], y1[1], y1[2], y1[3]);

@@ -345,6 +345,7 @@ inline void tiles_window(float* V, Index ld, Index col0, const float* x, const C
       __m512 q[3][6];  // rows 4ty + 2i + a, i < 3; row 4ty + 4 + a is the next tile row's first
       row_quarters(row(a), g.W, p, q[0]);
       for (Index ty = 0; ty < s.Th; ++ty) {
+        if (a == 0) wino::prefetch_ahead(xc + (4 * ty + wino::kPrefetchRows) * g.W, 4 * g.W);
         if (ty > 0)
           for (int z = 0; z < 6; ++z) q[0][z] = q[2][z];
         for (int i = 1; i < 3; ++i) row_quarters(row(4 * ty + 2 * i + a), g.W, p, q[i]);
@@ -383,6 +384,7 @@ inline void untiles_window(float* x, const float* dV, Index ld, Index col0, cons
   const __m512i ilo = _mm512_setr_epi32(0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23);
   const __m512i ihi = _mm512_setr_epi32(8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31);
   for (Index c = 0; c < g.C; ++c) {
+    wino::prefetch_ahead(x + (c + 1) * g.H * g.W, g.H * g.W);  // the next channel's rows, added to below
     std::fill(pad, pad + rows * 32, 0.0f);
     for (Index ty = 0; ty < s.Th; ++ty)
       for (Index a = 0; a < 2; ++a) {
@@ -418,6 +420,7 @@ inline void output_window(float* y, const float* m, Index ld, const Geom& s, flo
   const __m512i i01 = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
   const __m512 bv = _mm512_set1_ps(bias);
   for (Index ty = 0; ty < s.Th; ++ty) {
+    if constexpr (add) wino::prefetch_ahead(y + (2 * ty + wino::kPrefetchRows) * s.Wo, 2 * s.Wo);
     __m512 v[9];
     for (int xi = 0; xi < 9; ++xi) v[xi] = _mm512_loadu_ps(m + xi * ld + ty * s.Tw);  // lanes ≥ Tw unused
     for (Index a = 0; a < 2 && 2 * ty + a < s.Ho; ++a) {
@@ -436,6 +439,7 @@ inline void output_adjoint_window(float* dm, Index ld, const float* dy, const Ge
   const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 0, 0, 0, 0, 0, 0, 0, 0);
   const __m512i io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 0, 0, 0, 0, 0, 0, 0, 0);
   for (Index ty = 0; ty < s.Th; ++ty) {
+    wino::prefetch_ahead(dy + (2 * ty + wino::kPrefetchRows) * s.Wo, 2 * s.Wo);
     __m512 e[2], o[2];
     for (Index a = 0; a < 2; ++a) {
       const __m512 r = 2 * ty + a < s.Ho ? _mm512_maskz_loadu_ps(mo, dy + (2 * ty + a) * s.Wo) : _mm512_setzero_ps();
