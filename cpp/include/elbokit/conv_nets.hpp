@@ -114,7 +114,7 @@ class ConvEncoder final : public Module<T> {
       activation_backward(s.dpre[i].data(), d, s.pre[i].data(), s.post[i].data(), s.pre[i].size(), act_);
       T* dx = din;
       if (i > 0) {
-        s.dpost[i - 1].setZero(B, layers_[i - 1].out_size());
+        set_zero(s.dpost[i - 1], B, layers_[i - 1].out_size());
         dx = s.dpost[i - 1].data();
       }
       conv2d_backward(dx, g + l.w, g + l.b, s.dpre[i].data(), i ? s.post[i - 1].data() : in, p + l.w, B, l.g,
@@ -206,7 +206,7 @@ class ConvDecoder final : public Module<T> {
                             s.pre[j + 1].size(), act_);
         d = s.dpre[j + 1].data();
       }
-      s.dpost[j].setZero(B, s.post[j].cols());
+      set_zero(s.dpost[j], B, s.post[j].cols());
       conv_transpose2d_backward(s.dpost[j].data(), g + l.w, g + l.b, d, s.post[j].data(), p + l.w, B, l.C_in, l.g,
                                 s.work);
       d = s.dpost[j].data();
