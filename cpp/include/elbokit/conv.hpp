@@ -114,9 +114,7 @@ struct Chunks {
 };
 
 // Sums the chunk partials (count, stride), their first n entries, in chunk order into dst (n):
-// the deterministic reduction.
-// Each entry is summed in chunk order whichever thread sums its block, so the result does not
-// depend on the number of threads.
+// the deterministic reduction (each entry in chunk order, whichever thread sums its block).
 template <class T>
 void add_partials(T* dst, const T* partials, Index count, Index n, Index stride) {
   constexpr Index kBlock = 4096;

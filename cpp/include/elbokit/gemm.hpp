@@ -177,17 +177,22 @@ void gemm(bool ta, bool tb, Index m, Index n, Index k, const T* A, Index lda, co
 //
 //   C (m, n) = beta · C + op(A) · B,   op(A) (m, k) (ta: A stored (k, m)), beta 0 or 1,
 //
-// for the Winograd convolutions' products (winograd.hpp, winograd_s2.hpp): few rows (m, k ≤ a few
-// hundred: channels), long rows of B and C (n: a group's tiles), B's and C's rows strided through
-// the transformed tiles. On AVX-512 (float) a register-blocked kernel reads A, B and C in place: no
-// packing of either operand, which for these shapes cost Eigen's product a fifth of its time. Per
-// panel of 32 columns of B (k·128 bytes, kept in L1 while every row block of A passes over it),
-// blocks of up to 12 rows of C accumulate 24 packets of 16 columns, one broadcast of A and two
-// packets of B per k. Each entry of C is Σ_k in the order k = 0, 1, …, one fused multiply-add each:
-// the result depends on the shapes alone. Elsewhere (double, or no AVX-512) the product is gemm's.
+// for the convolutions' products (winograd.hpp, winograd_s2.hpp, conv.hpp's im2col): few rows (m, k
+// ≤ a few hundred: channels, or channels × taps), long rows of B and C (n: a group's tiles or
+// positions), B's and C's rows strided through the transformed tiles. On AVX-512 (float) a
+// register-blocked kernel reads A, B and C in place: no packing of either operand, which for these
+// shapes cost Eigen's product a fifth of its time. Per panel of 32 columns of B (k·128 bytes, kept
+// in L1 while every row block of A passes over it), blocks of up to 12 rows of C accumulate 24
+// packets of 16 columns, one broadcast of A and two packets of B per k. Each entry of C is Σ_k in
+// the order k = 0, 1, …, one fused multiply-add each: the result depends on the shapes alone.
+// Elsewhere (double, or no AVX-512) the product is gemm's.
 #ifdef __AVX512F__
+// The first r of 16 lanes (a tail packet's mask; the Winograd windows use it too).
+inline __mmask16 lanes16(Index r) {
+  return r >= 16 ? __mmask16(0xffff) : r <= 0 ? __mmask16(0) : __mmask16((1u << r) - 1);
+}
+
 namespace gemm_detail {
-inline __mmask16 tail16(Index r) { return r >= 16 ? __mmask16(0xffff) : r <= 0 ? __mmask16(0) : __mmask16((1u << r) - 1); }
 
 // rows [0, MR) of C at columns [0, 32) (masks m0, m1: the panel's columns < n), a(i, kk) = A[i·si + kk·sk]
 template <int MR, bool beta1>
@@ -254,12 +259,13 @@ inline void rows_block(Index mr, Index k, const float* A, Index si, Index sk, co
 // C (MI, MJ) (row stride ldc) += A (MI, n) · B (MJ, n)ᵀ, the rows of A and B at strides lda, ldb,
 // MI, MJ ≤ 4: per output, 16 lane sums over q ≡ lane (mod 16) in order, then reduce16's fixed tree.
 template <int MI, int MJ>
-[[gnu::always_inline]] inline void dots_kernel(Index n, const float* A, Index lda, const float* B, Index ldb, float* C, Index ldc) {
+[[gnu::always_inline]] inline void dots_kernel(Index n, const float* A, Index lda, const float* B, Index ldb,
+                                               float* C, Index ldc) {
   __m512 acc[16];
 #pragma GCC unroll 16
   for (int k = 0; k < 16; ++k) acc[k] = _mm512_setzero_ps();
   for (Index q = 0; q < n; q += 16) {
-    const __mmask16 mq = tail16(n - q);
+    const __mmask16 mq = lanes16(n - q);
     __m512 a[MI];
 #pragma GCC unroll 4
     for (int i = 0; i < MI; ++i) a[i] = _mm512_maskz_loadu_ps(mq, A + i * lda + q);
@@ -291,7 +297,7 @@ inline void dots_block(Index mj, Index n, const float* A, Index lda, const float
 #endif
 
 // C (m, p) += A (m, n) · B (p, n)ᵀ (beta 1, both operands' rows long runs of n entries): the
-// Winograd weight gradients dU_ξ += dM_ξ · V_ξᵀ, a reduction over a group's tiles. On AVX-512
+// convolutions' weight gradients (Winograd: dU_ξ += dM_ξ · V_ξᵀ), a reduction over a group's tiles. On AVX-512
 // (float) blocks of 4 × 4 outputs, each 16 lane sums over n read in place (no packing), reduced
 // together (reduce16); elsewhere gemm's.
 template <class T>
@@ -328,7 +334,7 @@ void gemm_rows(bool ta, Index m, Index n, Index k, const T* A, Index lda, const 
     constexpr Index MR = 12;
     const Index si = ta ? 1 : lda, sk = ta ? lda : 1;  // op(A)(i, kk) = A[i·si + kk·sk]
     for (Index j = 0; j < n; j += 32) {
-      const __mmask16 m0 = gemm_detail::tail16(n - j), m1 = gemm_detail::tail16(n - j - 16);
+      const __mmask16 m0 = lanes16(n - j), m1 = lanes16(n - j - 16);
       for (Index i = 0; i < m; i += MR) {
         const Index mr = std::min(MR, m - i);
         if (beta == T(0))

@@ -137,7 +137,7 @@ constexpr Index kElemBlock = 8192;
 // Large copies, clears and sums on blocks of kElemBlock entries, in parallel over blocks (a
 // single thread's memset of a 10 MB activation gradient is ~1 ms the other core waits through).
 // Exact: each entry is written by one thread, in one operation.
-template <class T, class F>
+template <class F>
 void for_elem_blocks(Index n, F&& f) {
   const Index nb = ceil_div(n, kElemBlock);
 #pragma omp parallel for schedule(static) if (n > 4 * kElemBlock)
@@ -145,7 +145,7 @@ void for_elem_blocks(Index n, F&& f) {
 }
 template <class T>
 void zero_fill(T* p, Index n) {
-  for_elem_blocks<T>(n, [p](Index o, Index len) { std::fill(p + o, p + o + len, T(0)); });
+  for_elem_blocks(n, [p](Index o, Index len) { std::fill(p + o, p + o + len, T(0)); });
 }
 // m resized to (rows, cols) and cleared.
 template <class T>
@@ -156,7 +156,7 @@ void set_zero(Mat<T>& m, Index rows, Index cols) {
 // dst (n) += src (n)
 template <class T>
 void add_into(T* dst, const T* src, Index n) {
-  for_elem_blocks<T>(n, [dst, src](Index o, Index len) {
+  for_elem_blocks(n, [dst, src](Index o, Index len) {
     for (Index i = o; i < o + len; ++i) dst[i] += src[i];
   });
 }

@@ -152,11 +152,11 @@ void input_transform(T* v, Index ld, const T* planes, Index plane, Index Th, Ind
 // Fast paths (float, AVX-512) for images whose padded rows fit one 32-lane window (W + 2p ≤ 32, so
 // at most 15 tiles a row): each image row is loaded once per use into two packets and split into
 // its even and odd columns in registers, with no phase planes and no per-row scratch copies.
-inline __mmask16 lanes16(Index r) { return r >= 16 ? __mmask16(0xffff) : r <= 0 ? __mmask16(0) : __mmask16((1u << r) - 1); }
+using elbokit::lanes16;  // gemm.hpp
 inline bool fits_window(Index W, Index p) { return W + 2 * p <= 32; }
 
-// The windows below stream image rows (an activation written long before, in the backward pass
-// long before) at a few hundred bytes per step, which the hardware prefetchers did not hide: the
+// The windows below stream image rows (activations written long before; in the backward pass, the
+// forward's) at a few hundred bytes per step, which the hardware prefetchers did not hide: the
 // loads of the rows took most of their time. Each step asks for the rows kPrefetchRows ahead (n
 // floats from p, into L1; a prefetch past the array is harmless).
 constexpr Index kPrefetchRows = 16;
