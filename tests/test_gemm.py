@@ -49,8 +49,9 @@ def _backend_in_subprocess(value):
 
 
 def test_backend_rule_and_override():
-    # the default build links OpenBLAS; the products use Eigen's AVX-512 GEMM only where OpenBLAS's
-    # running core has narrower vectors (gemm.hpp); ELBOKIT_GEMM forces either
+    # the default build links OpenBLAS; on AVX-512 builds float32 products run on the engine's own
+    # kernel (gemm.hpp: gemm_f32) and float64 ones on Eigen's AVX-512 GEMM where OpenBLAS's running
+    # core has narrower vectors; ELBOKIT_GEMM forces one
     auto = _backend_in_subprocess(None)
     assert auto.returncode == 0, auto.stderr
     name = auto.stdout.strip()
@@ -59,15 +60,26 @@ def test_backend_rule_and_override():
     avx512_core = any(f"core {c}" in name for c in ("SkylakeX", "Cooperlake", "SapphireRapids", "Zen4", "Zen5"))
     # the rule is about the build (gemm.hpp: __AVX512F__), which a portable or cross build sets apart
     # from the CPU it runs on
-    if _core.vector_isa() == "avx512" and not avx512_core:
-        assert name.startswith("Eigen") and "AVX-512" in name, name
+    own = "elbokit's own AVX-512 kernel for float32 (gemm.hpp: gemm_f32, one thread per tile); float64: "
+    if _core.vector_isa() == "avx512":
+        assert name.startswith(own), name
+        double = name[len(own):]
+        if not avx512_core:
+            assert double.startswith("Eigen") and "AVX-512" in double, name
+        else:
+            assert double.startswith("OpenBLAS"), name
     else:
         assert name.startswith("OpenBLAS"), name
-    forced = {v: _backend_in_subprocess(v) for v in ("openblas", "eigen")}
+    forced = {v: _backend_in_subprocess(v) for v in ("openblas", "eigen", "own")}
     assert forced["openblas"].stdout.startswith("OpenBLAS"), forced["openblas"]
     assert forced["eigen"].stdout.startswith("Eigen"), forced["eigen"]
+    if _core.vector_isa() == "avx512":
+        assert forced["own"].stdout.startswith(own), forced["own"]
+    else:
+        assert forced["own"].returncode != 0 and "ELBOKIT_GEMM=own needs a build for AVX-512" in forced["own"].stderr
     bad = _backend_in_subprocess("mkl")
-    assert bad.returncode != 0 and "ELBOKIT_GEMM must be 'auto', 'openblas' or 'eigen', got 'mkl'" in bad.stderr
+    assert bad.returncode != 0
+    assert "ELBOKIT_GEMM must be 'auto', 'own', 'openblas' or 'eigen', got 'mkl'" in bad.stderr
 
 
 def test_backends_agree_on_the_same_operands():
@@ -105,6 +117,34 @@ def test_gemm_beta_zero_ignores_nan_and_depth_zero_scales(backend):
     e = np.zeros((2, 0)), np.zeros((0, 4))
     assert np.array_equal(k.gemm(False, False, *e, c, 2.0, backend), 2 * c)
     assert np.array_equal(k.gemm(False, False, *e, c, 0.0, backend), np.zeros((2, 4)))
+
+
+# The float32 products' own AVX-512 kernel (gemm.hpp: gemm_f32, the default backend of AVX-512 builds;
+# elsewhere "default" is OpenBLAS or Eigen and these shapes check that): depth blocks of at most 256
+# (balanced: 257 -> 2 x 129, 600 -> 3 x 200), row blocks of 384 and 12, panels of 32 columns,
+# op(B) = Bᵀ transposed in 16 x 16 register blocks (tails of both), beta 0 with NaN in C.
+@pytest.mark.parametrize("ta,tb", [(False, False), (False, True), (True, False), (True, True)])
+@pytest.mark.parametrize("m,n,k", [(400, 45, 600), (13, 70, 257), (385, 33, 17), (12, 32, 256), (1, 1, 513),
+                                   (25, 17, 31)])
+@pytest.mark.parametrize("beta", [0.0, 1.0, -0.5])
+def test_float32_default_product_across_its_blocks(ta, tb, m, n, k, beta):
+    rng = np.random.default_rng(m * 7 + n * 3 + k)
+    a = rng.normal(size=(k, m) if ta else (m, k)).astype(np.float32)
+    b = rng.normal(size=(n, k) if tb else (k, n)).astype(np.float32)
+    c = rng.normal(size=(m, n)).astype(np.float32)
+    want = beta * c.astype(np.float64) + (a.T if ta else a).astype(np.float64) @ (b.T if tb else b).astype(np.float64)
+    if beta == 0.0:
+        c[:] = np.nan
+    got = K["float32"].gemm(ta, tb, a, b, c, beta, "default")
+    assert not np.isnan(got).any()
+    assert rel_err(got, want) < TOL["float32"] * np.sqrt(k)
+    # a tile of a larger matrix: strided operands (lda, ldb, ldc > the tile's width) give the same numbers
+    big_a = np.zeros((a.shape[0], a.shape[1] + 5), np.float32)
+    big_a[:, :a.shape[1]] = a
+    big_b = np.zeros((b.shape[0], b.shape[1] + 3), np.float32)
+    big_b[:, :b.shape[1]] = b
+    got2 = K["float32"].gemm(ta, tb, big_a[:, :a.shape[1]], big_b[:, :b.shape[1]], c, beta, "default")
+    assert np.array_equal(got, got2)
 
 
 # The Winograd and im2col convolutions' own products (gemm.hpp): gemm_rows (C = beta C + op(A) B,

@@ -74,6 +74,21 @@ inline bool& use_eigen() {
 #endif
   return v;
 }
+// true: float products go through the engine's own AVX-512 kernel (gemm_f32 below; set once by
+// gemm_init: the default of AVX-512 builds; double products stay on Eigen's or OpenBLAS's).
+inline bool& use_own() {
+  static bool v =
+#ifdef __AVX512F__
+      true;
+#else
+      false;
+#endif
+  return v;
+}
+#ifdef __AVX512F__
+inline void gemm_f32(bool ta, bool tb, Index m, Index n, Index k, const float* A, Index lda, const float* B, Index ldb,
+              float beta, float* C, Index ldc);
+#endif
 // Whether OpenBLAS's running core uses 512-bit vectors (its DYNAMIC_ARCH core names).
 inline bool openblas_core_is_avx512([[maybe_unused]] const char* core) {
 #ifdef ELBOKIT_USE_BLAS
@@ -94,37 +109,53 @@ inline std::string gemm_backend() {
 #ifdef ELBOKIT_USE_BLAS
   const std::string blas = std::string("OpenBLAS (scipy-openblas32; ") + scipy_openblas_get_config() + "; core " +
                            scipy_openblas_get_corename() + ")";
+  std::string other;
   if (gemm_detail::use_eigen())
-    return "Eigen " + eigen_version() +
+    other = "Eigen " + eigen_version() +
 #ifdef __AVX512F__
-           " (its own GEMM, AVX-512, one thread per tile; preferred to " + blas + ")";
+            " (its own GEMM, AVX-512, one thread per tile; preferred to " + blas + ")";
 #else
-           " (its own GEMM, one thread per tile; ELBOKIT_GEMM=eigen, instead of " + blas + ")";
+            " (its own GEMM, one thread per tile; ELBOKIT_GEMM=eigen, instead of " + blas + ")";
 #endif
-  return blas.substr(0, blas.size() - 1) + ", one thread per tile)";
+  else
+    other = blas.substr(0, blas.size() - 1) + ", one thread per tile)";
 #else
-  return "Eigen " + eigen_version() + " (its own GEMM, one thread per tile)";
+  const std::string other = "Eigen " + eigen_version() + " (its own GEMM, one thread per tile)";
 #endif
+  if (gemm_detail::use_own())
+    return "elbokit's own AVX-512 kernel for float32 (gemm.hpp: gemm_f32, one thread per tile); float64: " + other;
+  return other;
 }
 
 // Called once when the module loads: OpenBLAS's own threads are never used, and the backend is
 // chosen (see the top of this file). Throws on an unknown ELBOKIT_GEMM.
 inline void gemm_init() {
-#ifdef ELBOKIT_USE_BLAS
-  scipy_openblas_set_num_threads(1);
   const char* env = std::getenv("ELBOKIT_GEMM");
   const std::string choice = env && *env ? env : "auto";
+  if (choice != "auto" && choice != "own" && choice != "openblas" && choice != "eigen")
+    fail("the environment variable ELBOKIT_GEMM must be 'auto', 'own', 'openblas' or 'eigen', got '" + choice + "'");
+#ifndef __AVX512F__
+  if (choice == "own") fail("ELBOKIT_GEMM=own needs a build for AVX-512 (the engine's own kernel), this one is not");
+#endif
+  gemm_detail::use_own() = (choice == "auto" || choice == "own") &&
+#ifdef __AVX512F__
+                           true;
+#else
+                           false;
+#endif
+#ifdef ELBOKIT_USE_BLAS
+  scipy_openblas_set_num_threads(1);
   if (choice == "openblas") gemm_detail::use_eigen() = false;
   else if (choice == "eigen") gemm_detail::use_eigen() = true;
-  else if (choice == "auto") {
+  else {
 #ifdef __AVX512F__
     gemm_detail::use_eigen() = !gemm_detail::openblas_core_is_avx512(scipy_openblas_get_corename());
 #else
     gemm_detail::use_eigen() = false;
 #endif
-  } else {
-    fail("the environment variable ELBOKIT_GEMM must be 'auto', 'openblas' or 'eigen', got '" + choice + "'");
   }
+#else
+  if (choice == "openblas") fail("ELBOKIT_GEMM=openblas: this build has no OpenBLAS (ELBOKIT_BLAS=OFF)");
 #endif
 }
 
@@ -164,6 +195,10 @@ void gemm_openblas(bool ta, bool tb, Index m, Index n, Index k, const T* A, Inde
 template <class T>
 void gemm(bool ta, bool tb, Index m, Index n, Index k, const T* A, Index lda, const T* B, Index ldb, T beta, T* C,
           Index ldc) {
+#ifdef __AVX512F__
+  if constexpr (std::is_same_v<T, float>)
+    if (gemm_detail::use_own()) return gemm_detail::gemm_f32(ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc);
+#endif
 #ifdef ELBOKIT_USE_BLAS
   if (m <= 0 || n <= 0) return;
   if (gemm_detail::use_eigen()) return gemm_eigen(ta, tb, m, n, k, A, lda, B, ldb, beta, C, ldc);
@@ -235,6 +270,112 @@ inline void rows_block(Index mr, Index k, const float* A, Index si, Index sk, co
     ELBOKIT_ROWS_CASE(11)
 #undef ELBOKIT_ROWS_CASE
     default: return rows_kernel<12, beta1>(k, A, si, sk, B, ldb, C, ldc, m0, m1);
+  }
+}
+
+// r[0 … 15] (rows of 16) := its transpose, in registers: in-lane unpacks and shuffles give 4 x 4
+// blocks, then two rounds of 128-bit-lane shuffles put the blocks in place.
+[[gnu::always_inline]] inline void transpose16(__m512* r) {
+  __m512 t[16];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {  // r[4i + c], 128-bit lane L: column 4L + c of rows 4i … 4i + 3
+    r[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+#pragma GCC unroll 4
+  for (int c = 0; c < 4; ++c) {
+    t[c] = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88);
+    t[c + 4] = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xDD);
+    t[c + 8] = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88);
+    t[c + 12] = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xDD);
+  }
+#pragma GCC unroll 4
+  for (int c = 0; c < 4; ++c) {
+    r[c] = _mm512_shuffle_f32x4(t[c], t[c + 8], 0x88);
+    r[c + 8] = _mm512_shuffle_f32x4(t[c], t[c + 8], 0xDD);
+    r[c + 4] = _mm512_shuffle_f32x4(t[c + 4], t[c + 12], 0x88);
+    r[c + 12] = _mm512_shuffle_f32x4(t[c + 4], t[c + 12], 0xDD);
+  }
+}
+
+// op(B) = Bᵀ (B stored (n, k)): the panel of kc rows and w ≤ 32 columns starting at B (B[j·ldb + kk]
+// is op(B)(kk, j)) into P (kc, 32), P[kk·32 + j] = B[j·ldb + kk], columns ≥ w zero; 16 x 16 blocks
+// transposed in registers.
+inline void pack_bt_panel(const float* B, Index ldb, Index kc, Index w, float* P) {
+  for (Index h = 0; h < 2; ++h) {  // the panel's two halves of 16 columns
+    const Index wh = std::clamp<Index>(w - 16 * h, 0, 16);
+    const float* Bh = B + 16 * h * ldb;
+    for (Index k0 = 0; k0 < kc; k0 += 16) {
+      const Index kw = std::min<Index>(16, kc - k0);
+      const __mmask16 mk = lanes16(kw);
+      __m512 r[16];
+#pragma GCC unroll 16
+      for (Index j = 0; j < 16; ++j) r[j] = j < wh ? _mm512_maskz_loadu_ps(mk, Bh + j * ldb + k0) : _mm512_setzero_ps();
+      transpose16(r);
+      for (Index kk = 0; kk < kw; ++kk) _mm512_store_ps(P + (k0 + kk) * 32 + 16 * h, r[kk]);
+    }
+  }
+}
+
+constexpr Index kDepthBlock = 256;  // depth per pass, at most: a panel of 32 columns is ≤ 32 KB, in L1
+constexpr Index kRowBlock = 384;    // rows of op(A) per pass (with a depth block: ≤ 384 KB, in L2)
+
+// The engine's float product on AVX-512 (gemm's and gemm_rows' path there):
+//   C (m, n) = beta · C + op(A) · op(B).
+// The depth is cut into ceil(k / 256) balanced blocks and the rows into blocks of 384. Per row
+// block and depth block, each panel of 32 columns of op(B) (read in place when B is untransposed,
+// transposed into a 32 KB aligned buffer when it is: tb) stays in L1 while blocks of 12 rows of C
+// accumulate it over the depth block in 24 registers (rows_kernel: one broadcast of A and two
+// packets of B per k, read in place, no packing of A). Each entry of C is the sum over its depth
+// blocks in order, each block's terms in order: the result depends on the shapes alone.
+inline void gemm_f32(bool ta, bool tb, Index m, Index n, Index k, const float* A, Index lda, const float* B,
+                     Index ldb, float beta, float* C, Index ldc) {
+  if (m <= 0 || n <= 0) return;
+  if (beta != 0.0f && beta != 1.0f) {  // C = beta · C first, then accumulate onto it
+    for (Index i = 0; i < m; ++i)
+      for (Index j = 0; j < n; ++j) C[i * ldc + j] *= beta;
+    beta = 1.0f;
+  }
+  if (k <= 0) {
+    if (beta == 0.0f)
+      for (Index i = 0; i < m; ++i) std::fill(C + i * ldc, C + i * ldc + n, 0.0f);
+    return;
+  }
+  constexpr Index MR = 12;
+  alignas(64) thread_local float panel[kDepthBlock * 32];
+  const Index nk = ceil_div(k, kDepthBlock), kcs = ceil_div(k, nk);  // balanced depth blocks
+  const Index si = ta ? 1 : lda, sk = ta ? lda : 1;  // op(A)(i, kk) = A[i·si + kk·sk]
+  for (Index i0 = 0; i0 < m; i0 += kRowBlock) {
+    const Index mb = std::min(kRowBlock, m - i0);
+    for (Index kb = 0; kb < nk; ++kb) {
+      const Index k0 = kb * kcs, kc = std::min(kcs, k - k0);
+      const bool acc = kb > 0 || beta == 1.0f;
+      const float* Ak = A + i0 * si + k0 * sk;
+      for (Index j = 0; j < n; j += 32) {
+        const Index w = std::min<Index>(32, n - j);
+        const __mmask16 m0 = lanes16(w), m1 = lanes16(w - 16);
+        const float* Bp = B + k0 * ldb + j;
+        Index ldp = ldb;
+        if (tb) {
+          pack_bt_panel(B + j * ldb + k0, ldb, kc, w, panel);
+          Bp = panel;
+          ldp = 32;
+        }
+        float* Cj = C + i0 * ldc + j;
+        for (Index i = 0; i < mb; i += MR) {
+          const Index mr = std::min(MR, mb - i);
+          if (acc) rows_block<true>(mr, kc, Ak + i * si, si, sk, Bp, ldp, Cj + i * ldc, ldc, m0, m1);
+          else rows_block<false>(mr, kc, Ak + i * si, si, sk, Bp, ldp, Cj + i * ldc, ldc, m0, m1);
+        }
+      }
+    }
   }
 }
 
@@ -328,23 +469,7 @@ template <class T>
 void gemm_rows(bool ta, Index m, Index n, Index k, const T* A, Index lda, const T* B, Index ldb, T beta, T* C,
                Index ldc) {
 #ifdef __AVX512F__
-  if constexpr (std::is_same_v<T, float>) {
-    if (m <= 0 || n <= 0) return;
-    if (k <= 0 || (beta != T(0) && beta != T(1))) return gemm(ta, false, m, n, k, A, lda, B, ldb, beta, C, ldc);
-    constexpr Index MR = 12;
-    const Index si = ta ? 1 : lda, sk = ta ? lda : 1;  // op(A)(i, kk) = A[i·si + kk·sk]
-    for (Index j = 0; j < n; j += 32) {
-      const __mmask16 m0 = lanes16(n - j), m1 = lanes16(n - j - 16);
-      for (Index i = 0; i < m; i += MR) {
-        const Index mr = std::min(MR, m - i);
-        if (beta == T(0))
-          gemm_detail::rows_block<false>(mr, k, A + i * si, si, sk, B + j, ldb, C + i * ldc + j, ldc, m0, m1);
-        else
-          gemm_detail::rows_block<true>(mr, k, A + i * si, si, sk, B + j, ldb, C + i * ldc + j, ldc, m0, m1);
-      }
-    }
-    return;
-  }
+  if constexpr (std::is_same_v<T, float>) return gemm_detail::gemm_f32(ta, false, m, n, k, A, lda, B, ldb, beta, C, ldc);
 #endif
   gemm(ta, false, m, n, k, A, lda, B, ldb, beta, C, ldc);
 }
