@@ -347,7 +347,7 @@ double HVAE<T>::objective_grad(CMatRef<T> x, const T* eps, Index S, KLMode kl, d
   const Index P = layout_.total;
   // A small step runs as two halves of rows, one per thread, each with its own noise (common.hpp:
   // RowHalves).
-  const RowHalves hv(B, R, P);
+  const RowHalves hv(B, R, P, dec_->split_rows() || (!enc_.empty() && enc_[0].body->split_rows()));
   const int halves = hv.count;
   const Index* lo = hv.lo;
   Mat<T> eps_h[2];

@@ -240,7 +240,7 @@ double VAE<T>::objective_grad(CMatRef<T> x, CMatRef<T> eps, Index S, KLMode kl, 
   std::lock_guard<std::mutex> lock(mutex_);
   const Index P = layout_.total;
   // A small step runs as two halves of rows, one per thread (common.hpp: RowHalves).
-  const RowHalves hv(B, R, P);
+  const RowHalves hv(B, R, P, enc_->split_rows() || dec_->split_rows());
   const int halves = hv.count;
   const Index* lo = hv.lo;
   Mat<T> eps_h[2];  // S > 1: the half's rows of eps, (S·n_h, Z), row s·n_h + b

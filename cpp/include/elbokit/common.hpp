@@ -115,14 +115,16 @@ void for_row_chunks(Index n, Index chunk, F&& f) {
 // are all below kParallelFlops runs on one core while the other waits. Such a step (about
 // 6·rows·parameters FLOPs under kSplitStepFlops, at least kSplitMinRows rows per half) is cut into
 // two halves of rows, each forward and backward on one thread with its own work buffers and
-// gradient; the two gradients are added in half order. The cut depends on the shape alone.
+// gradient; the two gradients are added in half order. Steps through conv networks are cut at any
+// size (module.hpp: split_rows). The cut depends on the shape and the networks alone.
 constexpr double kSplitStepFlops = 64.0e6;
 constexpr Index kSplitMinRows = 16;
 struct RowHalves {
   int count = 1;       // 1: no split
   Index lo[3] = {0, 0, 0};  // half h is rows [lo[h], lo[h + 1])
-  RowHalves(Index B, Index rows, Index params) {
-    count = B >= 2 * kSplitMinRows && 6.0 * double(rows) * double(params) < kSplitStepFlops ? 2 : 1;
+  // prefer: the networks ask for the split at any size (module.hpp: split_rows)
+  RowHalves(Index B, Index rows, Index params, bool prefer = false) {
+    count = B >= 2 * kSplitMinRows && (prefer || 6.0 * double(rows) * double(params) < kSplitStepFlops) ? 2 : 1;
     lo[1] = count == 2 ? B / 2 : B;
     lo[2] = B;
   }

@@ -74,6 +74,7 @@ class ConvEncoder final : public Module<T> {
     this->out_ = C * H * W;
   }
 
+  bool split_rows() const override { return true; }
   std::string describe() const override {
     std::string s = "conv(" + std::to_string(image_[0]) + "x" + std::to_string(image_[1]) + "x" +
                     std::to_string(image_[2]) + ":";
@@ -157,6 +158,7 @@ class ConvDecoder final : public Module<T> {
     this->out_ = image[0] * image[1] * image[2];
   }
 
+  bool split_rows() const override { return true; }
   std::string describe() const override {
     std::string s = "conv(" + std::to_string(this->in_) + " -> ";
     for (size_t i = widths_.size(); i-- > 0;) s += std::to_string(widths_[i]) + ", ";
