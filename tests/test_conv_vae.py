@@ -40,18 +40,21 @@ def torch_grads(ref, x, eps, kl):
     return {k: p.grad.numpy().copy() for k, p in ref.named_parameters()}
 
 
-@pytest.mark.parametrize("likelihood,activation,channels,kl", [
-    ("bernoulli", "tanh", (4, 6), "analytic"),
-    ("gaussian", "silu", (3,), "mc"),
-    ("bernoulli", "relu", (2, 3, 4), "analytic"),
-    ("bernoulli", "relu", (8, 16), "analytic"),  # float32: Winograd F(2x2, 2x2) for the 8 -> 16 layers
+@pytest.mark.parametrize("likelihood,activation,channels,kl,n", [
+    ("bernoulli", "tanh", (4, 6), "analytic", 7),
+    ("gaussian", "silu", (3,), "mc", 7),
+    ("bernoulli", "relu", (2, 3, 4), "analytic", 7),
+    ("bernoulli", "relu", (8, 16), "analytic", 7),  # float32: Winograd F(2x2, 2x2) for the 8 -> 16 layers
+    # 32 rows or more: the step runs as two halves of the batch, one per thread (module.hpp: split_rows)
+    ("bernoulli", "tanh", (4, 6), "analytic", 36),
+    ("gaussian", "silu", (3,), "mc", 33),
 ])
-def test_conv_vae_elbo_and_gradient_match_torch(digits, likelihood, activation, channels, kl):
+def test_conv_vae_elbo_and_gradient_match_torch(digits, likelihood, activation, channels, kl, n):
     vae = conv_vae(likelihood, channels, activation)
     ref = TorchConvVAE.from_elbokit(vae)  # load_state_dict(strict=True): the names and layouts agree
     assert {k: tuple(v.shape) for k, v in ref.state_dict().items()} == {k: v.shape for k, v in vae.parameters().items()}
-    x = digits[:7]
-    eps = np.random.default_rng(0).normal(size=(2, 7, vae.z_dim))
+    x = digits[:n]
+    eps = np.random.default_rng(0).normal(size=(2, n, vae.z_dim))
     r, grads = vae.elbo_grad(x, eps=eps, kl=kl)
     with torch.no_grad():
         elbo, rec, klv, _ = ref.elbo_terms(x, eps, kl)
@@ -98,16 +101,16 @@ def test_torch_conv_weights_load_by_name_and_init_is_torch_default():
     assert_close(vae.decode(mu, logits=True), logits.numpy(), 1e-12, 1e-12, "decode")
 
 
-@pytest.mark.parametrize("structure", ["markov", "topdown"])
-def test_hvae_conv_level0_matches_torch(digits, structure):
+@pytest.mark.parametrize("structure,n", [("markov", 6), ("topdown", 6), ("topdown", 34)])  # 34: two halves
+def test_hvae_conv_level0_matches_torch(digits, structure, n):
     h = ek.HVAE(None, z_dims=(4, 3), hidden=(8,), structure=structure, net="conv", image_shape=IMAGE,
                 channels=(3, 5), activation="tanh", dtype="float64", seed=2)
     ref = TorchConvHVAE.from_elbokit(h)
     assert {k: tuple(v.shape) for k, v in ref.state_dict().items()} == {k: v.shape for k, v in h.parameters().items()}
     assert "encoder.0.0.weight" in h.parameters() and "decoder.0.fc.weight" in h.parameters()
-    x = digits[:6]
+    x = digits[:n]
     rng = np.random.default_rng(5)
-    eps = [rng.normal(size=(2, 6, z)) for z in (4, 3)]
+    eps = [rng.normal(size=(2, n, z)) for z in (4, 3)]
     r, grads = h.elbo_grad(x, eps=eps)
     ref.zero_grad()
     elbo, rec, kl_levels = ref.elbo_terms(x, eps)

@@ -87,6 +87,19 @@ def test_loss_gradient_matches_finite_differences_and_torch(prediction, data, ki
     assert max(errs.values()) < 1e-9, sorted(errs.items(), key=lambda e: -e[1])[:3]
 
 
+@pytest.mark.parametrize("variance", ["large", "learned"])
+def test_gradient_of_a_batch_run_as_two_halves_matches_torch(variance, rng):
+    """36 rows: the U-Net's forward and backward run as two halves of 18, one per thread
+    (module.hpp: split_rows), the gradients added in half order."""
+    m = make(variance=variance)
+    x, t, eps = batch(rng, n=36)
+    J, g = m.loss_grad(x, t, eps, "hybrid")
+    Jt, per_t, gt = from_elbokit(m).loss_grad(x, t, eps, "hybrid")
+    assert np.allclose(m.loss(x, t, eps, "hybrid"), per_t, rtol=1e-10, atol=1e-10)
+    errs = {n: rel_err(gt[n], g[n]) for n in gt}
+    assert max(errs.values()) < 1e-9, sorted(errs.items(), key=lambda e: -e[1])[:3]
+
+
 def test_denoising_elbo_matches_torch(rng):
     """Form B with the engine's own noise, recomputed by the PyTorch model step by step."""
     m = make()
@@ -118,9 +131,12 @@ def test_bit_identical_over_threads(rng):
             h = m.fit(x, epochs=2, batch_size=16, progress=False)
             e = m.elbo(x[:5], seed=1).elbo
             s = m.sample(7, method="ddim", steps=5, seed=2)
+            # 32 rows or more: the U-Net's rows run as two halves, one per thread (module.hpp: split_rows)
+            h2 = m.fit(x, epochs=1, batch_size=40, progress=False)
+            s2 = m.sample(36, method="ddpm", seed=3)
         finally:
             ek.set_num_threads(2)
-        res.append((m._core.get_flat(), np.asarray(h["train_loss"]), e, s))
+        res.append((m._core.get_flat(), np.asarray(h["train_loss"]), e, s, np.asarray(h2["train_loss"]), s2))
     for r in res[1:]:
         for a, b in zip(res[0], r):
             assert np.array_equal(a, b)

@@ -155,8 +155,21 @@ void Diffusion<T>::net_forward(const T* xt, const Index* t, Index B, Work& w) {
   w.emb.resize(B, E);
   for (Index b = 0; b < B; ++b)  // emb(t) from the table
     std::copy(emb_.data() + t[b] * E, emb_.data() + (t[b] + 1) * E, w.emb.data() + b * E);
-  w.out = net_->forward(params_.data(), xt, w.emb.data(), B, w.net);  // (B, O)
   const Index O = out_dim();
+  w.half = net_->split_rows() && B >= 2 * kSplitMinRows ? B / 2 : 0;
+  if (w.half) {  // two halves of rows, one per thread (common.hpp: RowHalves)
+    const T* o[2] = {nullptr, nullptr};
+    RowHalves::run([&](int h) {
+      const Index r0 = h ? w.half : 0, n = h ? B - w.half : w.half;
+      o[h] = net_->forward(params_.data(), xt + r0 * D, w.emb.data() + r0 * E, n, h ? w.net1 : w.net);
+    });
+    w.out_cat.resize(B, O);
+    std::copy(o[0], o[0] + w.half * O, w.out_cat.data());
+    std::copy(o[1], o[1] + (B - w.half) * O, w.out_cat.data() + w.half * O);
+    w.out = w.out_cat.data();
+  } else {
+    w.out = net_->forward(params_.data(), xt, w.emb.data(), B, w.net);  // (B, O)
+  }
   const bool learned = var_ == VarianceKind::Learned;
   w.eps_hat.resize(B, D);
   if (learned) w.lv.resize(B, D);
@@ -182,6 +195,17 @@ void Diffusion<T>::net_backward(Index B, Work& w, T* grad) {
     const T c = T(pred_ == Prediction::Epsilon ? 1.0 : pred_ == Prediction::X0 ? -std::sqrt(ab / (1.0 - ab)) : std::sqrt(ab));
     w.dout.row(b).head(D) = c * w.deps.row(b);
     if (learned) w.dout.row(b).tail(D) = w.dv.row(b);
+  }
+  if (w.half) {  // as net_forward split the rows: each half's gradient, then added in half order
+    const Index P = Index(params_.size()), E = cfg_.emb_dim, O = out_dim();
+    RowHalves::run([&](int h) {
+      const Index r0 = h ? w.half : 0, n = h ? B - w.half : w.half;
+      w.grad_h[h].setZero(P);
+      net_->backward(params_.data(), w.grad_h[h].data(), w.xt.data() + r0 * D, w.emb.data() + r0 * E, n,
+                     h ? w.net1 : w.net, w.dout.data() + r0 * O, nullptr);
+    });
+    RowHalves::add(grad, w.grad_h[0].data(), w.grad_h[1].data(), P);
+    return;
   }
   net_->backward(params_.data(), grad, w.xt.data(), w.emb.data(), B, w.net, w.dout.data(), nullptr);
 }

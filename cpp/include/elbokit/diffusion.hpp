@@ -163,7 +163,14 @@ class Diffusion {
  private:
   struct Work {
     Cache net;
-    const T* out = nullptr;  // the network's output (B, O), O = out_dim(), in net
+    const T* out = nullptr;  // the network's output (B, O), O = out_dim(), in net (or out_cat)
+    // Networks that ask for the row split (module.hpp: split_rows; the U-Net): rows [0, half) go
+    // through net and rows [half, B) through net1, one thread each; out_cat (B, O) joins their
+    // outputs and grad_h the halves' gradients (net_backward). half = 0: no split.
+    Index half = 0;
+    Cache net1;
+    Mat<T> out_cat;
+    Vec<T> grad_h[2];
     Mat<T> emb, xt, eps_hat, mean, dout, deps, dv;  // emb (B, E); dout (B, O); the others (B, D)
     Mat<double> lv;  // (B, D): log σ_t² per dimension ("learned" only)
     std::vector<Index> t;

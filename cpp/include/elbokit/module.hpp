@@ -129,9 +129,11 @@ class Module {
   virtual void init(T* p, uint64_t seed) const = 0;
   // Whether a model's training step should run as two halves of its batch, each through this
   // network forward and backward on one thread (common.hpp: RowHalves), rather than each layer's
-  // work split over the threads. True for the conv networks: their products stay wide on one core
-  // (grouped over images) and a half's layers then meet at no barrier (the conv VAE's step, batch
-  // 128, 2 threads: 83-85 -> 92-93 steps/s, three alternating runs).
+  // work split over the threads. True for the conv networks and the U-Net: their products stay
+  // wide on one core (grouped over images) and a half's layers then meet at no barrier (2 threads,
+  // alternating runs: the conv VAE's step, batch 128, 83-85 -> 92-93 steps/s; the U-Net's, batch 64,
+  // 10.1-10.4 -> 10.5-10.9). The VAE and HVAE split their steps (RowHalves), the diffusion model
+  // its network's forward and backward (diffusion.cpp: net_forward).
   virtual bool split_rows() const { return false; }
 
  protected:

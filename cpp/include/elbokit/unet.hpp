@@ -82,6 +82,7 @@ class UNet final : public Module<T> {
     out_conv_ = add_conv(layout, p("out"), prev, H, W, out_channels, 3, 1, 1);
   }
 
+  bool split_rows() const override { return true; }  // module.hpp
   std::string describe() const override {
     std::string s = "unet(" + std::to_string(C_) + "x" + std::to_string(H_) + "x" + std::to_string(W_) + ":";
     for (Index c : ch_) s += " " + std::to_string(c);
