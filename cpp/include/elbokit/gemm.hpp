@@ -84,13 +84,13 @@ inline bool& use_eigen() {
 }
 // true: float products go through the engine's own AVX-512 kernel (gemm_f32 below; set once by
 // gemm_init: the default of AVX-512 builds; double products stay on Eigen's or OpenBLAS's).
-inline bool& use_own() {
-  static bool v =
 #ifdef __AVX512F__
-      true;
+constexpr bool kHasOwn = true;  // the build has the own kernel (AVX-512)
 #else
-      false;
+constexpr bool kHasOwn = false;
 #endif
+inline bool& use_own() {
+  static bool v = kHasOwn;
   return v;
 }
 #ifdef __AVX512F__
@@ -142,15 +142,9 @@ inline void gemm_init() {
   const std::string choice = env && *env ? env : "auto";
   if (choice != "auto" && choice != "own" && choice != "openblas" && choice != "eigen")
     fail("the environment variable ELBOKIT_GEMM must be 'auto', 'own', 'openblas' or 'eigen', got '" + choice + "'");
-#ifndef __AVX512F__
-  if (choice == "own") fail("ELBOKIT_GEMM=own needs a build for AVX-512 (the engine's own kernel), this one is not");
-#endif
-  gemm_detail::use_own() = (choice == "auto" || choice == "own") &&
-#ifdef __AVX512F__
-                           true;
-#else
-                           false;
-#endif
+  if (choice == "own" && !gemm_detail::kHasOwn)
+    fail("ELBOKIT_GEMM=own needs a build for AVX-512 (the engine's own kernel), this one is not");
+  gemm_detail::use_own() = gemm_detail::kHasOwn && (choice == "auto" || choice == "own");
 #ifdef ELBOKIT_USE_BLAS
   scipy_openblas_set_num_threads(1);
   if (choice == "openblas") gemm_detail::use_eigen() = false;
@@ -226,8 +220,9 @@ void gemm(bool ta, bool tb, Index m, Index n, Index k, const T* A, Index lda, co
 // register-blocked kernel reads A, B and C in place: no packing of either operand, which for these
 // shapes cost Eigen's product a fifth of its time. Per panel of 32 columns of B (k·128 bytes, kept
 // in L1 while every row block of A passes over it), blocks of up to 12 rows of C accumulate 24
-// packets of 16 columns, one broadcast of A and two packets of B per k. Each entry of C is Σ_k in
-// the order k = 0, 1, …, one fused multiply-add each: the result depends on the shapes alone.
+// packets of 16 columns, one broadcast of A and two packets of B per k. It runs on gemm_f32
+// (below), which adds depth blocks of 256: each entry of C is the sum of its blocks in order, each
+// block Σ_k in order, one fused multiply-add each: the result depends on the shapes alone.
 // Elsewhere (double, or no AVX-512) the product is gemm's.
 #ifdef __AVX512F__
 // The first r of 16 lanes (a tail packet's mask; the Winograd windows use it too).
