@@ -156,16 +156,15 @@ void Diffusion<T>::net_forward(const T* xt, const Index* t, Index B, Work& w) {
   for (Index b = 0; b < B; ++b)  // emb(t) from the table
     std::copy(emb_.data() + t[b] * E, emb_.data() + (t[b] + 1) * E, w.emb.data() + b * E);
   const Index O = out_dim();
-  w.half = net_->split_rows() && B >= 2 * kSplitMinRows ? B / 2 : 0;
-  if (w.half) {  // two halves of rows, one per thread (common.hpp: RowHalves)
+  const RowHalves& hv = w.halves = RowHalves(B, net_->split_rows());
+  if (hv.count == 2) {  // two halves of rows, one per thread
     const T* o[2] = {nullptr, nullptr};
     RowHalves::run([&](int h) {
-      const Index r0 = h ? w.half : 0, n = h ? B - w.half : w.half;
-      o[h] = net_->forward(params_.data(), xt + r0 * D, w.emb.data() + r0 * E, n, h ? w.net1 : w.net);
+      o[h] = net_->forward(params_.data(), xt + hv.lo[h] * D, w.emb.data() + hv.lo[h] * E, hv.size(h),
+                           h ? w.net1 : w.net);
     });
     w.out_cat.resize(B, O);
-    std::copy(o[0], o[0] + w.half * O, w.out_cat.data());
-    std::copy(o[1], o[1] + (B - w.half) * O, w.out_cat.data() + w.half * O);
+    for (int h = 0; h < 2; ++h) std::copy(o[h], o[h] + hv.size(h) * O, w.out_cat.data() + hv.lo[h] * O);
     w.out = w.out_cat.data();
   } else {
     w.out = net_->forward(params_.data(), xt, w.emb.data(), B, w.net);  // (B, O)
@@ -196,12 +195,13 @@ void Diffusion<T>::net_backward(Index B, Work& w, T* grad) {
     w.dout.row(b).head(D) = c * w.deps.row(b);
     if (learned) w.dout.row(b).tail(D) = w.dv.row(b);
   }
-  if (w.half) {  // as net_forward split the rows: each half's gradient, then added in half order
+  const RowHalves& hv = w.halves;
+  if (hv.count == 2) {  // as net_forward split the rows: each half's gradient, then added in half order
     const Index P = Index(params_.size()), E = cfg_.emb_dim, O = out_dim();
     RowHalves::run([&](int h) {
-      const Index r0 = h ? w.half : 0, n = h ? B - w.half : w.half;
+      const Index r0 = hv.lo[h];
       w.grad_h[h].setZero(P);
-      net_->backward(params_.data(), w.grad_h[h].data(), w.xt.data() + r0 * D, w.emb.data() + r0 * E, n,
+      net_->backward(params_.data(), w.grad_h[h].data(), w.xt.data() + r0 * D, w.emb.data() + r0 * E, hv.size(h),
                      h ? w.net1 : w.net, w.dout.data() + r0 * O, nullptr);
     });
     RowHalves::add(grad, w.grad_h[0].data(), w.grad_h[1].data(), P);

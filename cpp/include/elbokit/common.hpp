@@ -122,12 +122,15 @@ constexpr Index kSplitMinRows = 16;
 struct RowHalves {
   int count = 1;       // 1: no split
   Index lo[3] = {0, 0, 0};  // half h is rows [lo[h], lo[h + 1])
-  // prefer: the networks ask for the split at any size (module.hpp: split_rows)
-  RowHalves(Index B, Index rows, Index params, bool prefer = false) {
-    count = B >= 2 * kSplitMinRows && (prefer || 6.0 * double(rows) * double(params) < kSplitStepFlops) ? 2 : 1;
+  // split: wanted (cut when B has at least kSplitMinRows rows per half)
+  RowHalves(Index B = 0, bool split = false) {
+    count = split && B >= 2 * kSplitMinRows ? 2 : 1;
     lo[1] = count == 2 ? B / 2 : B;
     lo[2] = B;
   }
+  // a training step: small, or the networks ask for the split at any size (prefer; module.hpp: split_rows)
+  RowHalves(Index B, Index rows, Index params, bool prefer = false)
+      : RowHalves(B, prefer || 6.0 * double(rows) * double(params) < kSplitStepFlops) {}
   Index size(int h) const { return lo[h + 1] - lo[h]; }
   // f(h) for h = 0, 1, one half per thread
   template <class F>

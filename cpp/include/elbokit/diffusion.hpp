@@ -164,10 +164,10 @@ class Diffusion {
   struct Work {
     Cache net;
     const T* out = nullptr;  // the network's output (B, O), O = out_dim(), in net (or out_cat)
-    // Networks that ask for the row split (module.hpp: split_rows; the U-Net): rows [0, half) go
-    // through net and rows [half, B) through net1, one thread each; out_cat (B, O) joins their
-    // outputs and grad_h the halves' gradients (net_backward). half = 0: no split.
-    Index half = 0;
+    // Networks that ask for the row split (module.hpp: split_rows; the U-Net): half 0's rows go
+    // through net and half 1's through net1, one thread each (common.hpp: RowHalves); out_cat
+    // (B, O) joins their outputs and grad_h the halves' gradients (net_backward).
+    RowHalves halves;
     Cache net1;
     Mat<T> out_cat;
     Vec<T> grad_h[2];
