@@ -31,8 +31,10 @@ CONV_CASES = [
 ] + [
     # 4x4 at stride 2 with >= 8 channels: Winograd F(2x2, 2x2) on the phase planes (winograd_s2.hpp);
     # a 7x7 (odd) output, padding 0 with odd and even output sides, a 30x34 image wider than the
-    # float32 one-window fast path, and a 2x2 image with a 1x1 output
+    # float32 one-window fast path, and a 2x2 image with a 1x1 output; 14x14 with padding 1 and 16x16
+    # with padding 0 take the packed paths (16x16 padded: an image's 16 tiles in one packet)
     (2, 8, 14, 14, 5, 4, 2, 1),
+    (2, 8, 16, 16, 3, 4, 2, 0),
     (3, 8, 8, 10, 4, 4, 2, 0),
     (1, 9, 30, 34, 3, 4, 2, 1),
     (2, 8, 2, 2, 3, 4, 2, 1),
@@ -48,8 +50,10 @@ CONVT_CASES = [
     (2, 2, 1, 1, 3, 4, 2, 1),
 ] + [
     # 4x4 at stride 2 with >= 8 output channels: F(2x2, 2x2), the adjoint of the Conv2d path; a 7x7
-    # input to 14x14, padding 0, a 32x34 output wider than the one-window fast path, a 1x1 input
+    # input to 14x14, padding 0, a 32x34 output wider than the one-window fast path, a 1x1 input;
+    # 7x7 to 14x14 (padding 1) and to 16x16 (padding 0) take the packed paths
     (2, 5, 7, 7, 8, 4, 2, 1),
+    (2, 3, 7, 7, 8, 4, 2, 0),
     (2, 3, 4, 3, 9, 4, 2, 0),
     (1, 2, 16, 17, 8, 4, 2, 1),
     (2, 3, 1, 1, 8, 4, 2, 1),

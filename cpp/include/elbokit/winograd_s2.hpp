@@ -455,6 +455,179 @@ inline void output_adjoint_window(float* dm, Index ld, const float* dy, const Ge
     }
   }
 }
+
+// Packed paths for a 16 × 16 padded image (a 14 × 14 image with padding 1, the conv VAE's second
+// layer; Ho = Wo = 7, Th = Tw = 4): an image's T = 16 tiles fill one packet, lane 4ty + tx, so that
+// V's and M's rows are whole packets, stored once each (the window paths above use Tw = 4 of a
+// packet's 16 lanes per tile row and store every packet four times over). The same arithmetic as
+// the window paths in the same order: the results are bit for bit theirs.
+inline bool packed16(const ConvGeom& g) { return g.W + 2 * g.pad == 16 && g.H + 2 * g.pad == 16; }
+inline bool packed16(const Geom& s) { return s.Hq == 8 && s.Wq == 8; }
+
+namespace pk {
+// rows r[k] (lane 4u + z) → g[z] (lane 4k + u) = r[k][4u + z]: the column phases of four rows.
+inline void quarters(const __m512 r[4], __m512 g[4]) {
+  const __m512i ia = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29);
+  const __m512i ib = _mm512_add_epi32(ia, _mm512_set1_epi32(2));
+  const __m512 a01 = _mm512_permutex2var_ps(r[0], ia, r[1]), b01 = _mm512_permutex2var_ps(r[0], ib, r[1]);
+  const __m512 a23 = _mm512_permutex2var_ps(r[2], ia, r[3]), b23 = _mm512_permutex2var_ps(r[2], ib, r[3]);
+  g[0] = _mm512_shuffle_f32x4(a01, a23, 0x44);
+  g[1] = _mm512_shuffle_f32x4(a01, a23, 0xee);
+  g[2] = _mm512_shuffle_f32x4(b01, b23, 0x44);
+  g[3] = _mm512_shuffle_f32x4(b01, b23, 0xee);
+}
+// The inverse of quarters: g[z] (lane 4k + u) → r[k] (lane 4u + z).
+inline void unquarters(const __m512 g[4], __m512 r[4]) {
+  const __m512i i0 = _mm512_setr_epi32(0, 8, 16, 24, 1, 9, 17, 25, 2, 10, 18, 26, 3, 11, 19, 27);
+  const __m512i i1 = _mm512_add_epi32(i0, _mm512_set1_epi32(4));
+  const __m512 a01 = _mm512_shuffle_f32x4(g[0], g[1], 0x44), a23 = _mm512_shuffle_f32x4(g[0], g[1], 0xee);
+  const __m512 b01 = _mm512_shuffle_f32x4(g[2], g[3], 0x44), b23 = _mm512_shuffle_f32x4(g[2], g[3], 0xee);
+  r[0] = _mm512_permutex2var_ps(a01, i0, b01);
+  r[1] = _mm512_permutex2var_ps(a01, i1, b01);
+  r[2] = _mm512_permutex2var_ps(a23, i0, b23);
+  r[3] = _mm512_permutex2var_ps(a23, i1, b23);
+}
+// Lane 4k + u ← lane 4k + u + 1, zero at u = 3 (the next tile column; past the 16 columns: 0).
+inline __m512 next_col(__m512 v) {
+  const __m512i i = _mm512_setr_epi32(1, 2, 3, 0, 5, 6, 7, 0, 9, 10, 11, 0, 13, 14, 15, 0);
+  return _mm512_maskz_permutexvar_ps(0x7777, i, v);
+}
+// The adjoint of next_col: lane 4k + u ← lane 4k + u − 1, zero at u = 0.
+inline __m512 prev_col(__m512 v) {
+  const __m512i i = _mm512_setr_epi32(0, 0, 1, 2, 0, 4, 5, 6, 0, 8, 9, 10, 0, 12, 13, 14);
+  return _mm512_maskz_permutexvar_ps(0xeeee, i, v);
+}
+// Lane 4k + u ← lane 4(k + 1) + u, zero at k = 3 (the next tile row), and its adjoint.
+inline __m512 next_row(__m512 v) {
+  return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_setzero_si512(), _mm512_castps_si512(v), 4));
+}
+inline __m512 prev_row(__m512 v) {
+  return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(v), _mm512_setzero_si512(), 12));
+}
+}  // namespace pk
+
+// tiles_window for packed16(g): V of one image, its 16 tiles at columns col0 … col0 + 15.
+inline void tiles_packed(float* V, Index ld, Index col0, const float* x, const ConvGeom& g) {
+  const Index p = g.pad, W = g.W;
+  const __mmask16 m = __mmask16(((1u << W) - 1) << p);
+  for (Index c = 0; c < g.C; ++c) {
+    const float* xc = x + c * g.H * W;
+    for (Index a = 0; a < 2; ++a) {
+      __m512 G[3][4], S[3][2];  // set i: rows 4k + 2i + a; G column phases, S = next_col(G_b)
+      for (int i = 0; i < 2; ++i) {
+        __m512 r[4];
+        for (int k = 0; k < 4; ++k) {
+          const Index ih = 4 * k + 2 * i + a - p;
+          r[k] = ih >= 0 && ih < g.H ? _mm512_maskz_loadu_ps(m, xc + ih * W - p) : _mm512_setzero_ps();
+        }
+        pk::quarters(r, G[i]);
+        for (int b = 0; b < 2; ++b) S[i][b] = pk::next_col(G[i][b]);
+      }
+      for (int z = 0; z < 4; ++z) G[2][z] = pk::next_row(G[0][z]);  // rows 4k + 4 + a: set 0 of tile row k + 1
+      for (int b = 0; b < 2; ++b) S[2][b] = pk::next_row(S[0][b]);
+      for (Index b = 0; b < 2; ++b) {
+        __m512 d[3][3];
+        for (int i = 0; i < 3; ++i) {
+          d[i][0] = G[i][b];
+          d[i][1] = G[i][2 + b];
+          d[i][2] = S[i][b];
+        }
+        for (int j = 0; j < 3; ++j) {  // Bᵀ d
+          d[0][j] = d[0][j] - d[1][j];
+          d[2][j] = d[2][j] - d[1][j];
+        }
+        float* v = V + ((c * 2 + a) * 2 + b) * 9 * ld + col0;
+        for (int i = 0; i < 3; ++i) {  // (Bᵀ d) B
+          _mm512_storeu_ps(v + (3 * i) * ld, d[i][0] - d[i][1]);
+          _mm512_storeu_ps(v + (3 * i + 1) * ld, d[i][1]);
+          _mm512_storeu_ps(v + (3 * i + 2) * ld, d[i][2] - d[i][1]);
+        }
+      }
+    }
+  }
+}
+
+// untiles_window for packed16(g): x (C, H, W) += the tiles B dV Bᵀ of one image (columns col0 … of dV).
+inline void untiles_packed(float* x, const float* dV, Index ld, Index col0, const ConvGeom& g) {
+  const Index p = g.pad, W = g.W;
+  const __mmask16 m = __mmask16(((1u << W) - 1) << p);
+  for (Index c = 0; c < g.C; ++c) {
+    float* xc = x + c * g.H * W;
+    for (Index a = 0; a < 2; ++a) {
+      __m512 Q[3][4];  // per set k (rows 4ty + 2k + a): its column phases' sums, lane 4ty + u
+      for (Index b = 0; b < 2; ++b) {
+        const float* v = dV + ((c * 2 + a) * 2 + b) * 9 * ld + col0;
+        __m512 u[3][3];
+        for (int i = 0; i < 3; ++i)
+          for (int j = 0; j < 3; ++j) u[i][j] = _mm512_loadu_ps(v + (3 * i + j) * ld);
+        for (int j = 0; j < 3; ++j) u[1][j] = u[1][j] - u[0][j] - u[2][j];  // B dv: rows
+        for (int k = 0; k < 3; ++k) {                                       // (B dv) Bᵀ: columns
+          const __m512 d0 = u[k][0], d1 = u[k][1] - u[k][0] - u[k][2], d2 = u[k][2];
+          Q[k][b] = d0 + pk::prev_col(d2);  // column 4u + b: tiles u and u − 1
+          Q[k][2 + b] = d1;                 // column 4u + 2 + b
+        }
+      }
+      for (int z = 0; z < 4; ++z) Q[0][z] = Q[0][z] + pk::prev_row(Q[2][z]);  // row 4ty + 4 + a is 4(ty + 1) + a
+      for (int k = 0; k < 2; ++k) {
+        __m512 r[4];
+        pk::unquarters(Q[k], r);
+        for (int t = 0; t < 4; ++t) {
+          const Index ih = 4 * t + 2 * k + a - p;
+          if (ih < 0 || ih >= g.H) continue;
+          float* row = xc + ih * W - p;
+          _mm512_mask_storeu_ps(row, m, _mm512_maskz_loadu_ps(m, row) + r[t]);
+        }
+      }
+    }
+  }
+}
+
+// output_window for packed16(s): one channel's y (7, 7) = (add: +=) Aᵀ M A + bias, m its 9 rows.
+template <bool add>
+inline void output_packed(float* y, const float* m, Index ld, float bias) {
+  const __m512 bv = _mm512_set1_ps(bias);
+  __m512 v[9];
+  for (int xi = 0; xi < 9; ++xi) v[xi] = _mm512_loadu_ps(m + xi * ld);
+  __m512 e[2], o[2];  // output rows 2ty + a: columns 2t (e) and 2t + 1 (o), lane 4ty + t
+  for (Index a = 0; a < 2; ++a) {
+    __m512 t[3];
+    for (int j = 0; j < 3; ++j) t[j] = v[3 * a + j] + v[3 * a + 3 + j];  // rows a, a + 1 of M
+    e[a] = t[0] + t[1] + bv;
+    o[a] = t[1] + t[2] + bv;
+  }
+  // rows 2ty, 2ty + 1 are the 14 entries at 14ty: lane 7a + 2t ← e[a] (ty, t), 7a + 2t + 1 ← o[a]
+  const __m512 x01 = _mm512_shuffle_f32x4(e[0], o[0], 0x44), x23 = _mm512_shuffle_f32x4(e[0], o[0], 0xee);
+  const __m512 y01 = _mm512_shuffle_f32x4(e[1], o[1], 0x44), y23 = _mm512_shuffle_f32x4(e[1], o[1], 0xee);
+  const __m512i i0 = _mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 16, 24, 17, 25, 18, 26, 19, 0, 0);
+  const __m512i i1 = _mm512_add_epi32(i0, _mm512_set1_epi32(4));
+  const __m512 rows[4] = {_mm512_permutex2var_ps(x01, i0, y01), _mm512_permutex2var_ps(x01, i1, y01),
+                          _mm512_permutex2var_ps(x23, i0, y23), _mm512_permutex2var_ps(x23, i1, y23)};
+  for (int ty = 0; ty < 4; ++ty) {
+    const __mmask16 mk = ty < 3 ? __mmask16(0x3fff) : __mmask16(0x7f);
+    float* out = y + 14 * ty;
+    _mm512_mask_storeu_ps(out, mk, add ? rows[ty] + _mm512_maskz_loadu_ps(mk, out) : rows[ty]);
+  }
+}
+
+// output_adjoint_window for packed16(s): dM = A dy Aᵀ of one channel's dy (7, 7), 9 whole packets.
+inline void output_adjoint_packed(float* dm, Index ld, const float* dy) {
+  __m512 L[4];  // L[ty] lane 7a + col = dy[2ty + a][col]
+  for (int ty = 0; ty < 4; ++ty) L[ty] = _mm512_maskz_loadu_ps(ty < 3 ? __mmask16(0x3fff) : __mmask16(0x7f), dy + 14 * ty);
+  // [e0 of ty, e0 of ty + 1, o0 of ty, o0 of ty + 1] and the same of row a = 1; column 7 is 0
+  const __m512i ix = _mm512_setr_epi32(0, 2, 4, 6, 16, 18, 20, 22, 1, 3, 5, 0, 17, 19, 21, 0);
+  const __m512i iy = _mm512_add_epi32(ix, _mm512_set1_epi32(7));
+  const __mmask16 mc = 0x77ff;
+  const __m512 x01 = _mm512_maskz_permutex2var_ps(mc, L[0], ix, L[1]), x23 = _mm512_maskz_permutex2var_ps(mc, L[2], ix, L[3]);
+  const __m512 y01 = _mm512_maskz_permutex2var_ps(mc, L[0], iy, L[1]), y23 = _mm512_maskz_permutex2var_ps(mc, L[2], iy, L[3]);
+  const __m512 e0 = _mm512_shuffle_f32x4(x01, x23, 0x44), o0 = _mm512_shuffle_f32x4(x01, x23, 0xee);
+  const __m512 e1 = _mm512_shuffle_f32x4(y01, y23, 0x44), o1 = _mm512_shuffle_f32x4(y01, y23, 0xee);
+  const __m512 r[3][2] = {{e0, o0}, {e0 + e1, o0 + o1}, {e1, o1}};  // A dy
+  for (int i = 0; i < 3; ++i) {  // (A dy) Aᵀ
+    _mm512_storeu_ps(dm + (3 * i) * ld, r[i][0]);
+    _mm512_storeu_ps(dm + (3 * i + 1) * ld, r[i][0] + r[i][1]);
+    _mm512_storeu_ps(dm + (3 * i + 2) * ld, r[i][1]);
+  }
+}
 #endif
 
 // The per-thread buffers of one group: V (C', 9, ld), M (O, 9, ld) and the scratch.
@@ -489,7 +662,10 @@ void tiles(const Bufs<T>& b, Index ld, const T* x, Index n, const ConvGeom& g, c
 #ifdef __AVX512F__
   if constexpr (std::is_same_v<T, float>)
     if (fits_window(g)) {
-      for (Index e = 0; e < n; ++e) tiles_window(b.V, ld, e * s.T, x + e * g.in_size(), g, s);
+      if (packed16(g))
+        for (Index e = 0; e < n; ++e) tiles_packed(b.V, ld, e * s.T, x + e * g.in_size(), g);
+      else
+        for (Index e = 0; e < n; ++e) tiles_window(b.V, ld, e * s.T, x + e * g.in_size(), g, s);
       return;
     }
 #endif
@@ -507,7 +683,13 @@ void dtiles(const Bufs<T>& b, Index ld, const T* dy, Index n, Index O, const Geo
   if constexpr (std::is_same_v<T, float>)
     if (s.Wo <= 16) {
       for (Index e = 0; e < n; ++e)
-        for (Index o = 0; o < O; ++o) output_adjoint_window(b.M + o * 9 * ld + e * s.T, ld, dy + (e * O + o) * P, s);
+        for (Index o = 0; o < O; ++o) {
+          float* dm = b.M + o * 9 * ld + e * s.T;
+          if (packed16(s))
+            output_adjoint_packed(dm, ld, dy + (e * O + o) * P);
+          else
+            output_adjoint_window(dm, ld, dy + (e * O + o) * P, s);
+        }
       return;
     }
 #endif
@@ -526,8 +708,14 @@ void forward_products(T* y, const T* U, const T* bias, const Bufs<T>& b, Index l
   if constexpr (std::is_same_v<T, float>)
     if (s.Wo <= 16) {
       for (Index e = 0; e < n; ++e)
-        for (Index o = 0; o < O; ++o)
-          output_window<add>(y + (e * O + o) * P, b.M + o * 9 * ld + e * s.T, ld, s, bias ? bias[o] : T(0));
+        for (Index o = 0; o < O; ++o) {
+          float* ye = y + (e * O + o) * P;
+          const float* m = b.M + o * 9 * ld + e * s.T;
+          if (packed16(s))
+            output_packed<add>(ye, m, ld, bias ? bias[o] : T(0));
+          else
+            output_window<add>(ye, m, ld, s, bias ? bias[o] : T(0));
+        }
       return;
     }
 #endif
@@ -547,7 +735,10 @@ void adjoint_products(T* x, const T* U, const Bufs<T>& b, Index ld, Index n, Ind
 #ifdef __AVX512F__
   if constexpr (std::is_same_v<T, float>)
     if (fits_window(g)) {
-      for (Index e = 0; e < n; ++e) untiles_window(x + e * g.in_size(), b.V, ld, e * s.T, g, s, b.sp);
+      if (packed16(g))
+        for (Index e = 0; e < n; ++e) untiles_packed(x + e * g.in_size(), b.V, ld, e * s.T, g);
+      else
+        for (Index e = 0; e < n; ++e) untiles_window(x + e * g.in_size(), b.V, ld, e * s.T, g, s, b.sp);
       return;
     }
 #endif
