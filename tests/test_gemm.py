@@ -121,11 +121,13 @@ def test_gemm_beta_zero_ignores_nan_and_depth_zero_scales(backend):
 
 # The float32 products' own AVX-512 kernel (gemm.hpp: gemm_f32, the default backend of AVX-512 builds;
 # elsewhere "default" is OpenBLAS or Eigen and these shapes check that): depth blocks of at most 256
-# (balanced: 257 -> 2 x 129, 600 -> 3 x 200), row blocks of 384 and 12, panels of 32 columns,
-# op(B) = Bᵀ transposed in 16 x 16 register blocks (tails of both), beta 0 with NaN in C.
+# (balanced: 257 -> 2 x 129, 600 -> 3 x 200), row blocks of 384 and 12, panels of 32 columns and
+# panels of <= 16 (n <= 16 or a last panel's 13 columns: rows16_kernel's 24-row blocks and 16, 8,
+# 4, 2, 1-row tails: 71 = 2 x 24 + 16 + 4 + 2 + 1), op(B) = Bᵀ transposed in 16 x 16 register
+# blocks (tails of both), beta 0 with NaN in C.
 @pytest.mark.parametrize("ta,tb", [(False, False), (False, True), (True, False), (True, True)])
 @pytest.mark.parametrize("m,n,k", [(400, 45, 600), (13, 70, 257), (385, 33, 17), (12, 32, 256), (1, 1, 513),
-                                   (25, 17, 31)])
+                                   (25, 17, 31), (71, 16, 300), (23, 9, 40)])
 @pytest.mark.parametrize("beta", [0.0, 1.0, -0.5])
 def test_float32_default_product_across_its_blocks(ta, tb, m, n, k, beta):
     rng = np.random.default_rng(m * 7 + n * 3 + k)

@@ -276,6 +276,44 @@ inline void rows_block(Index mr, Index k, const float* A, Index si, Index sk, co
   }
 }
 
+// rows_kernel for a panel of at most 16 columns (mask m0): one packet per row, so that 24 rows fill
+// the registers (the 32-column kernel would spend half its products on the masked-out half). Each
+// entry's products are the same chain in the same order as rows_kernel's: the same results.
+template <int MR, bool beta1>
+inline void rows16_kernel(Index k, const float* A, Index si, Index sk, const float* B, Index ldb, float* C,
+                          Index ldc, __mmask16 m0) {
+  __m512 acc[MR];
+#pragma GCC unroll 24
+  for (int i = 0; i < MR; ++i) acc[i] = _mm512_setzero_ps();
+  for (Index kk = 0; kk < k; ++kk) {
+    const __m512 b0 = _mm512_maskz_loadu_ps(m0, B + kk * ldb);
+    const float* a = A + kk * sk;
+#pragma GCC unroll 24
+    for (int i = 0; i < MR; ++i) acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(a[i * si]), b0, acc[i]);
+  }
+#pragma GCC unroll 24
+  for (int i = 0; i < MR; ++i) {
+    float* c = C + i * ldc;
+    if constexpr (beta1) acc[i] = _mm512_add_ps(acc[i], _mm512_maskz_loadu_ps(m0, c));
+    _mm512_mask_storeu_ps(c, m0, acc[i]);
+  }
+}
+
+// Rows [0, mr) of a ≤ 16-column panel: blocks of 24, then 16, 8, 4, 2, 1.
+template <bool beta1>
+inline void rows16_block(Index mr, Index k, const float* A, Index si, const Index sk, const float* B, Index ldb,
+                         float* C, Index ldc, __mmask16 m0) {
+  Index i = 0;
+  for (; i + 24 <= mr; i += 24) rows16_kernel<24, beta1>(k, A + i * si, si, sk, B, ldb, C + i * ldc, ldc, m0);
+#define ELBOKIT_ROWS16_TAIL(R) \
+  if (mr - i >= R) {           \
+    rows16_kernel<R, beta1>(k, A + i * si, si, sk, B, ldb, C + i * ldc, ldc, m0); \
+    i += R;                    \
+  }
+  ELBOKIT_ROWS16_TAIL(16) ELBOKIT_ROWS16_TAIL(8) ELBOKIT_ROWS16_TAIL(4) ELBOKIT_ROWS16_TAIL(2) ELBOKIT_ROWS16_TAIL(1)
+#undef ELBOKIT_ROWS16_TAIL
+}
+
 // r[0 … 15] (rows of 16) := its transpose, in registers: in-lane unpacks and shuffles give 4 x 4
 // blocks, then two rounds of 128-bit-lane shuffles put the blocks in place.
 [[gnu::always_inline]] inline void transpose16(__m512* r) {
@@ -336,7 +374,8 @@ constexpr Index kRowBlock = 384;    // rows of op(A) per pass (with a depth bloc
 // block and depth block, each panel of 32 columns of op(B) (read in place when B is untransposed,
 // transposed into a 32 KB aligned buffer when it is: tb) stays in L1 while blocks of 12 rows of C
 // accumulate it over the depth block in 24 registers (rows_kernel: one broadcast of A and two
-// packets of B per k, read in place, no packing of A). Each entry of C is the sum over its depth
+// packets of B per k, read in place, no packing of A; a panel of ≤ 16 columns, blocks of 24 rows
+// with one packet each: rows16_kernel). Each entry of C is the sum over its depth
 // blocks in order, each block's terms in order: the result depends on the shapes alone.
 inline void gemm_f32(bool ta, bool tb, Index m, Index n, Index k, const float* A, Index lda, const float* B,
                      Index ldb, float beta, float* C, Index ldc) {
@@ -372,6 +411,11 @@ inline void gemm_f32(bool ta, bool tb, Index m, Index n, Index k, const float* A
           ldp = 32;
         }
         float* Cj = C + i0 * ldc + j;
+        if (w <= 16) {  // one packet per row (n ≤ 16, or the last panel's ≤ 16 columns)
+          if (acc) rows16_block<true>(mb, kc, Ak, si, sk, Bp, ldp, Cj, ldc, m0);
+          else rows16_block<false>(mb, kc, Ak, si, sk, Bp, ldp, Cj, ldc, m0);
+          continue;
+        }
         for (Index i = 0; i < mb; i += MR) {
           const Index mr = std::min(MR, mb - i);
           if (acc) rows_block<true>(mr, kc, Ak + i * si, si, sk, Bp, ldp, Cj + i * ldc, ldc, m0, m1);
