@@ -301,7 +301,7 @@ inline void rows16_kernel(Index k, const float* A, Index si, Index sk, const flo
 
 // Rows [0, mr) of a ≤ 16-column panel: blocks of 24, then 16, 8, 4, 2, 1.
 template <bool beta1>
-inline void rows16_block(Index mr, Index k, const float* A, Index si, const Index sk, const float* B, Index ldb,
+inline void rows16_block(Index mr, Index k, const float* A, Index si, Index sk, const float* B, Index ldb,
                          float* C, Index ldc, __mmask16 m0) {
   Index i = 0;
   for (; i + 24 <= mr; i += 24) rows16_kernel<24, beta1>(k, A + i * si, si, sk, B, ldb, C + i * ldc, ldc, m0);

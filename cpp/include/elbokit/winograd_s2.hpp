@@ -490,6 +490,10 @@ inline void unquarters(const __m512 g[4], __m512 r[4]) {
   r[2] = _mm512_permutex2var_ps(a23, i0, b23);
   r[3] = _mm512_permutex2var_ps(a23, i1, b23);
 }
+// Lanes p … p + W − 1 of a padded row (W + 2p = 16): the image row's entries.
+inline __mmask16 row_lanes(const ConvGeom& g) { return __mmask16(((1u << g.W) - 1) << g.pad); }
+// The 14 entries of output rows 2ty, 2ty + 1 of a 7 × 7 channel at 14ty (ty = 3: row 6 alone).
+inline __mmask16 pair_lanes(int ty) { return ty < 3 ? __mmask16(0x3fff) : __mmask16(0x7f); }
 // Lane 4k + u ← lane 4k + u + 1, zero at u = 3 (the next tile column; past the 16 columns: 0).
 inline __m512 next_col(__m512 v) {
   const __m512i i = _mm512_setr_epi32(1, 2, 3, 0, 5, 6, 7, 0, 9, 10, 11, 0, 13, 14, 15, 0);
@@ -512,7 +516,7 @@ inline __m512 prev_row(__m512 v) {
 // tiles_window for packed16(g): V of one image, its 16 tiles at columns col0 … col0 + 15.
 inline void tiles_packed(float* V, Index ld, Index col0, const float* x, const ConvGeom& g) {
   const Index p = g.pad, W = g.W;
-  const __mmask16 m = __mmask16(((1u << W) - 1) << p);
+  const __mmask16 m = pk::row_lanes(g);
   for (Index c = 0; c < g.C; ++c) {
     const float* xc = x + c * g.H * W;
     wino::prefetch_ahead(xc + kPackedAhead * g.H * W, g.H * W);
@@ -554,7 +558,7 @@ inline void tiles_packed(float* V, Index ld, Index col0, const float* x, const C
 // untiles_window for packed16(g): x (C, H, W) += the tiles B dV Bᵀ of one image (columns col0 … of dV).
 inline void untiles_packed(float* x, const float* dV, Index ld, Index col0, const ConvGeom& g) {
   const Index p = g.pad, W = g.W;
-  const __mmask16 m = __mmask16(((1u << W) - 1) << p);
+  const __mmask16 m = pk::row_lanes(g);
   for (Index c = 0; c < g.C; ++c) {
     float* xc = x + c * g.H * W;
     wino::prefetch_ahead(xc + kPackedAhead * g.H * W, g.H * W);
@@ -608,7 +612,7 @@ inline void output_packed(float* y, const float* m, Index ld, float bias) {
   const __m512 rows[4] = {_mm512_permutex2var_ps(x01, i0, y01), _mm512_permutex2var_ps(x01, i1, y01),
                           _mm512_permutex2var_ps(x23, i0, y23), _mm512_permutex2var_ps(x23, i1, y23)};
   for (int ty = 0; ty < 4; ++ty) {
-    const __mmask16 mk = ty < 3 ? __mmask16(0x3fff) : __mmask16(0x7f);
+    const __mmask16 mk = pk::pair_lanes(ty);
     float* out = y + 14 * ty;
     _mm512_mask_storeu_ps(out, mk, add ? rows[ty] + _mm512_maskz_loadu_ps(mk, out) : rows[ty]);
   }
@@ -617,7 +621,7 @@ inline void output_packed(float* y, const float* m, Index ld, float bias) {
 // output_adjoint_window for packed16(s): dM = A dy Aᵀ of one channel's dy (7, 7), 9 whole packets.
 inline void output_adjoint_packed(float* dm, Index ld, const float* dy) {
   __m512 L[4];  // L[ty] lane 7a + col = dy[2ty + a][col]
-  for (int ty = 0; ty < 4; ++ty) L[ty] = _mm512_maskz_loadu_ps(ty < 3 ? __mmask16(0x3fff) : __mmask16(0x7f), dy + 14 * ty);
+  for (int ty = 0; ty < 4; ++ty) L[ty] = _mm512_maskz_loadu_ps(pk::pair_lanes(ty), dy + 14 * ty);
   // [e0 of ty, e0 of ty + 1, o0 of ty, o0 of ty + 1] and the same of row a = 1; column 7 is 0
   const __m512i ix = _mm512_setr_epi32(0, 2, 4, 6, 16, 18, 20, 22, 1, 3, 5, 0, 17, 19, 21, 0);
   const __m512i iy = _mm512_add_epi32(ix, _mm512_set1_epi32(7));
